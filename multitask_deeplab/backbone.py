@@ -1,0 +1,152 @@
+"""The shared atrous backbone: a timm model in feature-extraction mode at output stride 8, 16 or 32."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+OUTPUT_STRIDES = (8, 16, 32)
+_PROBE_SIZE = 64
+_DILATABLE_EXAMPLES = "resnet50, resnet18, mobilenetv3_large_100, efficientnet_b0, convnext_tiny"
+
+
+class TimmBackbone(nn.Module):
+    """A timm model returning a list of feature maps, dilated to reach ``output_stride``.
+
+    Args:
+        name: timm model name, e.g. ``"resnet50"``.
+        output_stride: 8 or 16 (dilated), or 32 (timm's native striding; no dilation requested).
+        pretrained: ``False``; ``True`` for timm's default weights (needs a network); or a local
+            ``.safetensors``/``.pth`` file, whose keys are checked against the model.
+        in_chans: Number of input channels (e.g. 4 for RGB-D).
+        out_indices: timm feature levels to return; ``None`` means all of them.
+
+    Attributes:
+        channels: Channel count of each returned feature map, measured on a real tensor.
+        reductions: Spatial reduction of each returned feature map, measured on a real tensor.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        output_stride: int = 16,
+        pretrained: bool | str | os.PathLike = False,
+        in_chans: int = 3,
+        out_indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        self.name = name
+        self.output_stride = output_stride
+        weights_file = _weights_file(pretrained)
+        kwargs: dict = {"features_only": True, "in_chans": in_chans}
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        if weights_file is not None:
+            _check_weights_file(name, weights_file, output_stride=output_stride, **kwargs)
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
+        self.body = _create(name, pretrained=bool(pretrained), output_stride=output_stride, weights_file=weights_file, **kwargs)
+        self.in_chans = in_chans
+        self.channels, self.reductions = self._measure()
+        if output_stride != 32 and max(self.reductions) != output_stride:
+            raise ValueError(
+                f"backbone {name!r} reached output stride {max(self.reductions)}, not the {output_stride} asked for; "
+                f"use output_stride={max(self.reductions)} or a dilatable family ({_DILATABLE_EXAMPLES})"
+            )
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Returns one feature map per level, from shallow to deep."""
+        return list(self.body(image))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recomputes stage activations in the backward pass to save memory (timm's mechanism)."""
+        self.body.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def _measure(self) -> tuple[list[int], list[int]]:
+        """Channels and reductions from one small dummy forward (timm's feature_info is not always right)."""
+        was_training = self.training
+        self.eval()
+        probe = torch.zeros(1, self.in_chans, _PROBE_SIZE, _PROBE_SIZE)
+        features = self.forward(probe)
+        self.train(was_training)
+        channels = [f.shape[1] for f in features]
+        reductions = [round(_PROBE_SIZE / f.shape[-1]) for f in features]
+        return channels, reductions
+
+
+def _weights_file(pretrained: bool | str | os.PathLike) -> Path | None:
+    """The local weights file named by ``pretrained``, checked to exist, or None for bool values."""
+    if isinstance(pretrained, bool):
+        return None
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ValueError(f"pretrained weights file not found: {path} (give an existing .safetensors/.pth file, or true/false)")
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"pretrained weights file {path} must be .safetensors or .pth, got {path.suffix!r}")
+    return path
+
+
+def _create(name: str, *, pretrained: bool, output_stride: int, weights_file: Path | None, **kwargs) -> nn.Module:
+    """``timm.create_model`` with its errors turned into ones that say what to change."""
+    if not timm.is_model(timm.models.split_model_name_tag(name)[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `mtdl list backbones` lists them"
+        raise ValueError(f"unknown timm backbone {name!r}{hint}")
+    if output_stride != 32:
+        kwargs["output_stride"] = output_stride
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (AssertionError, TypeError) as error:
+        if output_stride == 32:
+            raise ValueError(f"backbone {name!r} cannot be used as a feature extractor: {error}") from error
+        raise ValueError(
+            f"backbone {name!r} cannot run at output_stride {output_stride} (timm cannot dilate this family); "
+            f"use output_stride=32 with it, or a dilatable backbone such as {_DILATABLE_EXAMPLES}"
+        ) from error
+    except RuntimeError as error:
+        source = weights_file or "timm's default weights (needs a network)"
+        first_line = str(error).strip().splitlines()[0]
+        raise ValueError(f"could not load pretrained weights {source} into backbone {name!r}: {first_line}") from error
+
+
+def _check_weights_file(name: str, path: Path, *, output_stride: int, **kwargs) -> None:
+    """Fails when a weights file does not fit the model (timm's load with ``features_only`` is not strict).
+
+    Compares keys and shapes against the model built on the meta device, before anything is loaded.
+    """
+    file_state = timm.models.load_state_dict(str(path))
+    with torch.device("meta"):
+        full = timm.create_model(name, in_chans=kwargs["in_chans"]).state_dict()
+        features = _create(name, pretrained=False, output_stride=output_stride, weights_file=None, **kwargs).state_dict()
+    input_conv = _input_conv_weight(name)
+    problems = {
+        "missing": sorted(set(features) - set(file_state)),
+        "unexpected": sorted(set(file_state) - set(full)),
+        "mismatched": sorted(
+            k for k in set(features) & set(file_state) if k != input_conv and features[k].shape != file_state[k].shape
+        ),
+    }
+    if any(problems.values()):
+        detail = "; ".join(
+            f"{label} keys {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)} in all)"
+            for label, keys in problems.items()
+            if keys
+        )
+        raise ValueError(f"weights file {path} does not fit backbone {name!r}: {detail}; is it another architecture?")
+
+
+def _input_conv_weight(name: str) -> str | None:
+    """The key of the input conv's weight, whose channel count timm adapts when ``in_chans`` differs."""
+    first_conv = timm.get_pretrained_cfg_value(name, "first_conv")
+    return f"{first_conv}.weight" if first_conv else None

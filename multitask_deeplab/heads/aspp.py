@@ -1,0 +1,134 @@
+"""Atrous spatial pyramid pooling (Chen et al. 2017) and the DeepLabV3 head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from multitask_deeplab.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
+
+TRUNKS = ("aspp", "conv")
+
+
+def default_rates(reduction: int) -> tuple[int, ...]:
+    """DeepLabV3's atrous rates for a feature map at ``reduction``: 16 -> (6, 12, 18), 8 -> (12, 24, 36)."""
+    return tuple(max(1, rate * 16 // reduction) for rate in (6, 12, 18))
+
+
+class ASPPConv(nn.Sequential):
+    """A 3x3 atrous branch; depthwise-separable (depthwise atrous + pointwise) when ``separable``."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int, separable: bool = False) -> None:
+        if not separable:
+            super().__init__(*ConvBNReLU(in_channels, out_channels, 3, dilation))
+            return
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            *ConvBNReLU(in_channels, out_channels, 1),
+        )
+
+
+class ASPPPooling(nn.Sequential):
+    """The image-level branch: global average pooling, 1x1 conv, broadcast back to the map size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), *ConvBNReLU(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).expand(-1, -1, *x.shape[-2:])
+
+
+class ASPP(nn.Module):
+    """A 1x1 branch, one atrous branch per rate, the pooling branch, then a 1x1 projection with dropout.
+
+    Args:
+        in_channels: Channels of the input feature map.
+        out_channels: Channels of every branch and of the output.
+        rates: Atrous rates, any number of them.
+        separable: Use depthwise-separable atrous convolutions.
+        dropout: Dropout probability after the projection.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, rates: Sequence[int], *, separable: bool = False, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if not rates or any(rate < 1 for rate in rates):
+            raise ValueError(f"ASPP rates must be a non-empty list of positive integers, got {list(rates)}")
+        branches = [ConvBNReLU(in_channels, out_channels, 1)]
+        branches += [ASPPConv(in_channels, out_channels, rate, separable) for rate in rates]
+        branches.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(*ConvBNReLU(len(branches) * out_channels, out_channels, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+def build_trunk(
+    kind: str,
+    in_channels: int,
+    channels: int,
+    *,
+    reduction: int,
+    rates: Sequence[int] | None,
+    separable: bool,
+    dropout: float,
+) -> nn.Sequential:
+    """The layers a head runs before its classifier: ``"aspp"`` (ASPP + 3x3 conv) or ``"conv"`` (two 3x3 convs)."""
+    if kind == "aspp":
+        aspp = ASPP(in_channels, channels, rates or default_rates(reduction), separable=separable, dropout=dropout)
+        return nn.Sequential(aspp, ConvBNReLU(channels, channels, 3))
+    if kind == "conv":
+        return nn.Sequential(ConvBNReLU(in_channels, channels, 3), ConvBNReLU(channels, channels, 3))
+    raise ValueError(f"unknown trunk {kind!r}: use one of {', '.join(TRUNKS)}")
+
+
+@HEADS.register("deeplabv3")
+class DeepLabV3Head(DenseHead):
+    """DeepLabV3: ASPP on one feature level, a 3x3 conv, then a 1x1 classifier (as torchvision's DeepLabHead).
+
+    Args:
+        in_channels: Channels of every backbone level (passed by the model).
+        reductions: Reduction of every backbone level (passed by the model).
+        out_channels: Output channels, e.g. the number of classes (passed by the model).
+        in_index: Feature level to read; the deepest by default.
+        channels: Width of the trunk.
+        rates: Atrous rates; by default DeepLabV3's, scaled to the level's reduction.
+        separable: Depthwise-separable atrous convolutions (cheaper).
+        dropout: Dropout after the ASPP projection.
+        trunk: ``"aspp"`` or the lighter ``"conv"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        out_channels: int,
+        *,
+        in_index: int = -1,
+        channels: int = 256,
+        rates: Sequence[int] | None = None,
+        separable: bool = False,
+        dropout: float = 0.5,
+        trunk: str = "aspp",
+    ) -> None:
+        super().__init__(in_index=in_index, num_levels=len(in_channels))
+        check_out_channels(out_channels)
+        self.trunk = build_trunk(
+            trunk,
+            in_channels[in_index],
+            channels,
+            reduction=reductions[in_index],
+            rates=rates,
+            separable=separable,
+            dropout=dropout,
+        )
+        self.classifier = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.trunk(self.select(features)))

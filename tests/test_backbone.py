@@ -1,0 +1,67 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from multitask_deeplab.backbone import TimmBackbone
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "efficientnet_b0"])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_channels_and_reductions_match_real_tensors(name, output_stride):
+    backbone = TimmBackbone(name, output_stride=output_stride).eval()
+    features = backbone(torch.rand(1, 3, 96, 128))
+    assert [f.shape[1] for f in features] == backbone.channels
+    assert [round(96 / f.shape[-2]) for f in features] == backbone.reductions
+    assert max(backbone.reductions) == output_stride
+
+
+def test_out_indices_and_in_chans():
+    backbone = TimmBackbone("resnet18", output_stride=16, in_chans=4, out_indices=[1, 4])
+    assert backbone.channels == [64, 512] and backbone.reductions == [4, 16]
+    assert len(backbone(torch.rand(1, 4, 64, 64))) == 2
+
+
+@pytest.mark.parametrize(
+    "name,stride",
+    [("vit_tiny_patch16_224", 8), ("hrnet_w18_small", 16), ("vgg11", 8), ("swin_tiny_patch4_window7_224", 16)],
+)
+def test_families_that_cannot_dilate_get_a_clear_error(name, stride):
+    with pytest.raises(ValueError, match=rf"backbone '{name}' cannot run at output_stride {stride}.*use output_stride=32"):
+        TimmBackbone(name, output_stride=stride)
+
+
+def test_unknown_backbone_and_bad_stride():
+    with pytest.raises(ValueError, match=r"unknown timm backbone 'resnet51'; did you mean .*resnet50"):
+        TimmBackbone("resnet51")
+    with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16, 32\), got 4"):
+        TimmBackbone("resnet18", output_stride=4)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_pretrained_file_is_loaded(tmp_path, suffix):
+    source = timm.create_model("resnet18")
+    path = tmp_path / f"resnet18{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    backbone = TimmBackbone("resnet18", output_stride=8, pretrained=str(path))
+    assert torch.equal(backbone.body.state_dict()["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+
+
+def test_weights_of_another_architecture_fail_naming_file_and_keys(tmp_path):
+    path = tmp_path / "mobilenet.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("mobilenetv3_small_100").state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match=rf"{path}.*resnet18.*(missing|unexpected) keys"):
+        TimmBackbone("resnet18", pretrained=str(path))
+
+
+def test_weights_with_wrong_shapes_fail_naming_file(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34").state_dict(), path)
+    with pytest.raises(ValueError, match=rf"{path}"):
+        TimmBackbone("resnet18", pretrained=str(path))
+
+
+def test_missing_weights_file():
+    with pytest.raises(ValueError, match="pretrained weights file not found: /nowhere/w.pth"):
+        TimmBackbone("resnet18", pretrained="/nowhere/w.pth")

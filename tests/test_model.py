@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from multitask_deeplab.backbone import TimmBackbone
+from multitask_deeplab.heads import HEADS, DenseHead
+from multitask_deeplab.heads.aspp import ASPP, default_rates
+from multitask_deeplab.model import MultiTaskModel
+
+HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "normals": 3}
+SMALL = {"channels": 16}
+
+
+def build(backbone_name: str, output_stride: int, head_types=tuple(HEAD_CHANNELS)) -> MultiTaskModel:
+    backbone = TimmBackbone(backbone_name, output_stride=output_stride)
+    heads = {
+        head_type: HEADS.build(
+            {"type": head_type, **SMALL},
+            in_channels=backbone.channels,
+            reductions=backbone.reductions,
+            out_channels=HEAD_CHANNELS[head_type],
+        )
+        for head_type in head_types
+    }
+    return MultiTaskModel(backbone, heads)
+
+
+def test_every_registered_head_is_covered():
+    assert set(HEADS.names()) == set(HEAD_CHANNELS)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "mobilenetv3_large_100", "efficientnet_b0"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_shapes_and_gradients_reach_backbone_and_every_head(backbone, output_stride):
+    model = build(backbone, output_stride)
+    outputs = model(torch.rand(2, 3, 64, 80))
+    for task, channels in HEAD_CHANNELS.items():
+        assert outputs[task].shape == (2, channels, 64, 80)
+    sum(o.square().mean() for o in outputs.values()).backward()
+    assert model.backbone.body.state_dict(keep_vars=True)  # sanity
+    stem = next(model.backbone.parameters())
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    for task, head in model.heads.items():
+        grads = [p.grad for p in head.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads), task
+        assert any(g.abs().sum() > 0 for g in grads), task
+
+
+@pytest.mark.parametrize("size", [(33, 47), (65, 31), (17, 19)])
+def test_odd_sizes_and_batch_of_one_in_eval(size):
+    model = build("resnet18", 8)
+    outputs = model.predict(torch.rand(1, 3, *size))
+    assert all(o.shape[-2:] == size for o in outputs.values())
+    assert model.training, "predict() restores the training mode"
+
+
+def test_output_activations():
+    outputs = build("resnet18", 16).predict(torch.rand(2, 3, 40, 40))
+    assert (outputs["depth"] > 0).all()
+    torch.testing.assert_close(outputs["normals"].norm(dim=1), torch.ones(2, 40, 40))
+
+
+def test_predict_runs_under_inference_mode():
+    outputs = build("resnet18", 16, ["deeplabv3"]).predict(torch.rand(1, 3, 32, 32))
+    assert outputs["deeplabv3"].is_inference()
+
+
+def test_default_rates_follow_the_output_stride():
+    assert default_rates(16) == (6, 12, 18)
+    assert default_rates(8) == (12, 24, 36)
+
+
+def test_aspp_takes_any_number_of_rates_and_separable_convs():
+    aspp = ASPP(8, 4, [1, 2, 3, 4, 5], separable=True)
+    assert len(aspp.convs) == 7  # 1x1 + 5 atrous + pooling
+    assert aspp(torch.rand(2, 8, 9, 9)).shape == (2, 4, 9, 9)
+    depthwise = aspp.convs[1][0]
+    assert depthwise.groups == 8 and depthwise.dilation == (1, 1)
+
+
+def test_head_reads_the_feature_level_it_is_told():
+    backbone = TimmBackbone("resnet18", output_stride=16)
+    head = HEADS.build({"type": "deeplabv3", "in_index": 2, **SMALL}, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=3)
+    features = backbone(torch.rand(1, 3, 64, 64))
+    assert head.eval()(features).shape[-1] == features[2].shape[-1]
+
+
+def test_bad_head_arguments():
+    channels, reductions = [16, 32], [4, 8]
+    with pytest.raises(ValueError, match="in_index 5 is out of range"):
+        HEADS.build({"type": "deeplabv3", "in_index": 5}, in_channels=channels, reductions=reductions, out_channels=3)
+    with pytest.raises(ValueError, match="out_channels >= 1"):
+        HEADS.build({"type": "deeplabv3"}, in_channels=channels, reductions=reductions, out_channels=0)
+    with pytest.raises(ValueError, match="needs a stride-4 feature"):
+        HEADS.build({"type": "deeplabv3plus"}, in_channels=channels, reductions=[8, 16], out_channels=3)
+    with pytest.raises(ValueError, match="unknown trunk 'mlp'"):
+        HEADS.build({"type": "depth", "trunk": "mlp"}, in_channels=channels, reductions=reductions, out_channels=1)
+    with pytest.raises(ValueError, match="unknown head 'deeplab': did you mean 'deeplabv3'"):
+        HEADS.get("deeplab")
+
+
+def test_custom_head_subclassing_dense_head_plugs_in():
+    class Edges(DenseHead):
+        def __init__(self, in_channels, reductions, out_channels, *, in_index=0):
+            super().__init__(in_index=in_index, num_levels=len(in_channels))
+            self.conv = torch.nn.Conv2d(in_channels[in_index], out_channels, 1)
+
+        def forward(self, features):
+            return self.conv(self.select(features))
+
+        def finalize(self, output):
+            return torch.sigmoid(output)
+
+    backbone = TimmBackbone("resnet18", output_stride=16)
+    model = MultiTaskModel(backbone, {"edges": Edges(backbone.channels, backbone.reductions, 1)})
+    edges = model(torch.rand(2, 3, 32, 32))["edges"]
+    assert edges.shape == (2, 1, 32, 32) and ((edges > 0) & (edges < 1)).all()
+
+
+def test_mean_and_std_must_fit_the_input_channels():
+    with pytest.raises(ValueError, match=r"one value per input channel \(4\)"):
+        MultiTaskModel(TimmBackbone("resnet18", in_chans=4), {"x": torch.nn.Identity()})
