@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +21,7 @@ class DepthHead(DeepLabV3Head):
         activation: ``"softplus"`` (unbounded, + ``min_depth``) or ``"sigmoid"`` (scaled to ``max_depth``).
         min_depth: Smallest depth the head can output, in metres.
         max_depth: Largest depth for the sigmoid activation, in metres.
-        **trunk_args: ``in_index``, ``channels``, ``rates``, ``separable``, ``dropout``, ``trunk`` as for ``deeplabv3``.
+        in_index, channels, rates, separable, dropout, trunk: As for ``deeplabv3``.
     """
 
     def __init__(
@@ -35,13 +33,21 @@ class DepthHead(DeepLabV3Head):
         activation: str = "softplus",
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
-        **trunk_args: Any,
+        in_index: int = -1,
+        channels: int = 256,
+        rates: Sequence[int] | None = None,
+        separable: bool = False,
+        dropout: float = 0.5,
+        trunk: str = "aspp",
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"depth activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if not 0 <= min_depth < max_depth:
             raise ValueError(f"depth head needs 0 <= min_depth < max_depth, got {min_depth} and {max_depth}")
-        super().__init__(in_channels, reductions, out_channels, **trunk_args)
+        super().__init__(
+            in_channels, reductions, out_channels,
+            in_index=in_index, channels=channels, rates=rates, separable=separable, dropout=dropout, trunk=trunk,
+        )
         self.activation = activation
         self.min_depth = min_depth
         self.max_depth = max_depth
