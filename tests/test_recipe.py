@@ -136,7 +136,7 @@ def test_unknown_keys_suggest_the_closest() -> None:
         ("train: 5", "train: expected a mapping of epochs, steps, batch_size, optimizer, lr, weight_decay, momentum, "
          "schedule, poly_power, warmup_steps, amp, grad_clip, channels_last, seed, eval_interval, log_interval, "
          "output_dir, device, best_metric, nonfinite, max_skipped_steps, checkpoint_interval, grad_checkpointing, "
-         "compile, got 5"),
+         "compile, sync_batchnorm, got 5"),
         ("train: {optimizer: adam}",
          "train.optimizer: expected one of 'adamw', 'sgd', got 'adam' (did you mean 'adamw'?)"),
         ("data: {when: 2024-01-01}", "data.when: unsupported value datetime.date(2024, 1, 1) (date); use null, "
