@@ -90,17 +90,42 @@ class MultiTaskModel(nn.Module):
             self.train(was_training)
 
 
-def build_heads(backbone: TimmBackbone, tasks: Mapping[str, Any]) -> dict[str, nn.Module]:
-    """Builds one head per task from ``{task: config}`` with ``kind``, ``head`` and ``num_classes`` attributes."""
-    return {
-        name: HEADS.build(
-            task.head,
-            in_channels=backbone.channels,
-            reductions=backbone.reductions,
-            out_channels=head_channels(task.kind, task.num_classes),
-        )
-        for name, task in tasks.items()
-    }
+def build_head(backbone: TimmBackbone, cfg: Mapping[str, Any], out_channels: int) -> nn.Module:
+    """Builds a registered head from ``{"type": name, **kwargs}``, sized to the backbone's real channels."""
+    return HEADS.build(cfg, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=out_channels)
+
+
+def create_model(
+    backbone: str,
+    *,
+    heads: Mapping[str, Mapping[str, Any]],
+    output_stride: int = 16,
+    pretrained: bool | str = False,
+    in_chans: int = 3,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> MultiTaskModel:
+    """Builds a model in one call from Python.
+
+    Example:
+        >>> model = create_model("resnet50", output_stride=8, heads={
+        ...     "seg": {"type": "deeplabv3", "out_channels": 21},
+        ...     "depth": {"type": "depth", "out_channels": 1},
+        ... })
+
+    Args:
+        backbone: timm model name.
+        heads: ``{task: {"type": head name, "out_channels": n, **head kwargs}}``.
+        output_stride, pretrained, in_chans: As for :class:`TimmBackbone`.
+        mean, std: Input normalisation.
+    """
+    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained, in_chans=in_chans)
+    built = {}
+    for task, cfg in heads.items():
+        if "out_channels" not in cfg:
+            raise ValueError(f"head of task {task!r} needs out_channels (e.g. the number of classes)")
+        built[task] = build_head(body, {k: v for k, v in cfg.items() if k != "out_channels"}, cfg["out_channels"])
+    return MultiTaskModel(body, built, mean=mean, std=std)
 
 
 def build_model(recipe: Recipe) -> MultiTaskModel:
@@ -113,7 +138,8 @@ def build_model(recipe: Recipe) -> MultiTaskModel:
         in_chans=cfg.in_chans,
         out_indices=cfg.out_indices,
     )
-    model = MultiTaskModel(backbone, build_heads(backbone, recipe.tasks), mean=cfg.mean, std=cfg.std)
+    heads = {name: build_head(backbone, task.head, head_channels(task.kind, task.num_classes)) for name, task in recipe.tasks.items()}
+    model = MultiTaskModel(backbone, heads, mean=cfg.mean, std=cfg.std)
     if cfg.init_from:
         from multitask_deeplab.convert import init_from
 

@@ -39,7 +39,7 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), *ConvBNReLU(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).expand(-1, -1, *x.shape[-2:])
+        return super().forward(x).expand(-1, -1, x.shape[-2], x.shape[-1])
 
 
 class ASPP(nn.Module):

@@ -1,0 +1,155 @@
+"""The ``mtdl`` command line: train, evaluate, list, data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from multitask_deeplab.cli_predict import add_commands
+
+EXIT_BAD_INPUT = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from multitask_deeplab import recipe as recipe_module
+    from multitask_deeplab.components import check_components
+    from multitask_deeplab.engine.trainer import Trainer
+
+    recipe = recipe_module.load(args.recipe, args.overrides)
+    check_components(recipe)
+    if args.print_recipe:
+        print(recipe_module.dump(recipe), end="")
+        return 0
+    Trainer(recipe, resume=args.resume, show_progress=not args.no_progress).fit()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
+    from multitask_deeplab.engine.checkpoint import atomic_write
+    from multitask_deeplab.engine.distributed import DistInfo, resolve_device
+    from multitask_deeplab.engine.evaluate import evaluate
+    from multitask_deeplab.engine.logs import format_table
+    from multitask_deeplab.engine.restore import model_from_checkpoint
+
+    device = resolve_device(args.device, DistInfo())
+    model, recipe, _ = model_from_checkpoint(args.checkpoint, device)
+    dataset = build_dataset(recipe, args.split)
+    loader = build_loader(
+        dataset,
+        batch_size=recipe.eval.batch_size or recipe.train.batch_size,
+        sampler=ShardSampler(len(dataset), DistInfo()),
+        num_workers=recipe.data.num_workers,
+        train=False,
+        device=device,
+    )
+    metrics = evaluate(model, loader, recipe.tasks, device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    atomic_write(out, lambda temp: temp.write_text(json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics}, indent=2)))
+    print(f"metrics on the {args.split} split of {args.checkpoint}:")
+    print(format_table(metrics))
+    print(f"saved to {out}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.what == "backbones":
+        from multitask_deeplab.backbone_catalog import dilatable_backbones
+
+        names = dilatable_backbones(args.output_stride, args.filter)
+    else:
+        from multitask_deeplab.components import REGISTRIES
+
+        names = REGISTRIES[args.what].names()
+    print("\n".join(names))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from multitask_deeplab import recipe as recipe_module
+    from multitask_deeplab.data.loader import build_dataset
+
+    recipe = recipe_module.load(args.recipe, args.overrides)
+    dataset = build_dataset(recipe, args.split)
+    if args.action == "sheet":
+        from multitask_deeplab.visualize import save_sample_sheet
+
+        save_sample_sheet(dataset, args.out, indices=range(min(args.count, len(dataset))))
+        print(f"wrote {args.out}")
+        return 0
+    from multitask_deeplab.data.verify import verify_dataset
+
+    report = verify_dataset(dataset)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mtdl``."""
+    parser = argparse.ArgumentParser(prog="mtdl", description="Multi-task dense prediction on one shared atrous backbone.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a recipe")
+    train.add_argument("recipe", help="recipe YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.backbone=resnet50")
+    train.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH|auto", help="resume from a checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", choices=("val", "test"), default="val")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint)")
+    evaluate.set_defaults(run=_evaluate)
+
+    listing = commands.add_parser("list", help="list registered components or dilatable backbones")
+    listing.add_argument("what", choices=("heads", "losses", "weightings", "datasets", "backbones"))
+    listing.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32), help="for backbones")
+    listing.add_argument("--filter", default="*", help="for backbones: a timm wildcard such as 'resnet*'")
+    listing.set_defaults(run=_list)
+
+    data = commands.add_parser("data", help="look at or check a recipe's dataset")
+    data.add_argument("action", choices=("sheet", "verify"))
+    data.add_argument("recipe")
+    data.add_argument("overrides", nargs="*")
+    data.add_argument("--split", choices=("train", "val", "test"), default="train")
+    data.add_argument("--out", default="samples.png", help="for sheet: the PNG to write")
+    data.add_argument("--count", type=int, default=4, help="for sheet: number of samples")
+    data.set_defaults(run=_data)
+
+    add_commands(commands)
+    for sub in (train, evaluate, data):
+        sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``mtdl``; bad input prints one line and exits non-zero, without a traceback."""
+    args = build_parser().parse_args(argv)
+    from multitask_deeplab.components import import_plugins
+    from multitask_deeplab.engine.trainer import TrainingStopped
+
+    try:
+        import_plugins(getattr(args, "plugin", []))
+        return args.run(args)
+    except TrainingStopped as stop:
+        print(f"mtdl: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except (ValueError, OSError) as error:
+        print(f"mtdl: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("mtdl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

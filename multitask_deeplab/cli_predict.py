@@ -1,0 +1,277 @@
+"""The ``mtdl predict`` and ``mtdl export`` sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
+
+    from multitask_deeplab.predict import Predictor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+SUMMARY_IMAGES = 4
+DEPTH_PNG_SCALE = 1000.0
+"""Depth PNGs hold millimetres: metres times this, as uint16 (0 = invalid)."""
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``predict`` and ``export`` to ``mtdl``'s sub-command parsers."""
+    predict = subparsers.add_parser("predict", help="predict every task for images and save pictures")
+    predict.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
+    predict.add_argument("inputs", nargs="+", help="image files, folders (their images) or glob patterns")
+    predict.add_argument("--out", required=True, help="output folder (created)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--batch-size", type=int, default=4, help="images of equal size per forward pass")
+    predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    predict.add_argument("--window", type=int, help="sliding-window tile size in pixels for large images")
+    predict.add_argument("--cmap", default="turbo", choices=("turbo", "magma"), help="depth colour map")
+    predict.add_argument("--save-npy", action="store_true", help="also save raw predictions as .npy")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(run=_predict)
+
+    export = subparsers.add_parser("export", help="export a checkpoint's model to ONNX or safetensors")
+    export.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
+    export.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
+    export.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx or .safetensors)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.set_defaults(run=_export)
+
+    for sub in (predict, export):
+        sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
+
+
+# ----------------------------------------------------------------------------------------------------- predict
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from multitask_deeplab.predict import Predictor
+    from multitask_deeplab.visualize import make_grid, save_png
+
+    paths, failed = collect_inputs(args.inputs)
+    for pattern in failed:
+        _warn(f"{pattern} matched no file")
+    check_unique_stems(paths)
+    out = Path(args.out)
+    check_writable(out)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, tta_flip=args.tta, window=args.window, batch_size=args.batch_size)
+    batches = _batches(paths, args.batch_size, failed)
+    summary: dict[int, list[np.ndarray]] = {}
+    done = 0
+    with tqdm(total=sum(map(len, batches)), unit="image", disable=args.no_progress, file=sys.stderr) as progress:
+        for batch in batches:
+            loaded = _load(batch, predictor.in_chans, failed, progress)
+            if not loaded:
+                continue
+            results = predictor([tensor for _, _, tensor in loaded])
+            for (index, path, tensor), result in zip(loaded, results):
+                panels = write_outputs(out, path.stem, tensor, result, predictor, cmap=args.cmap, save_npy=args.save_npy)
+                if index < SUMMARY_IMAGES:
+                    summary[index] = panels
+                done += 1
+                progress.update()
+    if summary:
+        titles = ["image", *predictor.tasks]
+        save_png(make_grid([summary[i] for i in sorted(summary)], titles=titles), out / "summary.png")
+    print(f"wrote predictions for {done} image{'s' * (done != 1)} to {out}")
+    if failed:
+        listed = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+        print(f"mtdl: {len(failed)} input{'s' * (len(failed) != 1)} failed: {listed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_writable(out: Path) -> None:
+    """Creates the output folder and checks a file can be written there, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to the output folder {out}: {error.strerror or error}") from None
+
+
+def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Image paths from files, folders (their images, sorted) and glob patterns, without repeats.
+
+    Returns:
+        The paths, and the arguments that matched nothing.
+
+    Raises:
+        ValueError: when nothing matched at all.
+    """
+    paths: dict[Path, None] = {}
+    unmatched = []
+    for item in inputs:
+        matches = [Path(item)] if Path(item).exists() else [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+        found = []
+        for match in matches:
+            if match.is_dir():
+                found += sorted(p for p in match.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            elif match.is_file():
+                found.append(match)
+        if not found:
+            unmatched.append(item)
+        paths.update(dict.fromkeys(found))
+    if not paths:
+        raise ValueError(
+            f"no input images matched {' '.join(inputs)}; give image files, folders of {'/'.join(IMAGE_SUFFIXES)} images "
+            "or glob patterns (quoted, e.g. 'photos/*.jpg')"
+        )
+    return list(paths), unmatched
+
+
+def check_unique_stems(paths: Sequence[Path]) -> None:
+    """Outputs are named by input stem; two inputs with one stem would overwrite each other's."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(
+                f"inputs {seen[path.stem]} and {path} share the name {path.stem!r}, so their outputs would overwrite "
+                "each other; predict them into separate --out folders"
+            )
+        seen[path.stem] = path
+
+
+def _batches(paths: Sequence[Path], batch_size: int, failed: list[str]) -> list[list[tuple[int, Path]]]:
+    """``(input index, path)`` batches of images of one size (read from the file headers), in input order.
+
+    Files whose header cannot be read are left out, warned about and added to ``failed``.
+    """
+    by_size: dict[tuple[int, int], list[tuple[int, Path]]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                by_size[image.size].append((index, path))
+        except (OSError, Image.DecompressionBombError) as error:
+            _warn(f"skipped {path}: {error}")
+            failed.append(str(path))
+    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+
+def _load(batch: Sequence[tuple[int, Path]], in_chans: int, failed: list[str], progress: Any) -> list[tuple[int, Path, torch.Tensor]]:
+    """Reads a batch's images as model inputs (EXIF orientation applied); unreadable ones are warned about,
+    added to ``failed`` and counted on the progress bar."""
+    from multitask_deeplab.predict import to_tensor
+
+    loaded = []
+    for index, path in batch:
+        try:
+            with Image.open(path) as image:
+                loaded.append((index, path, to_tensor(ImageOps.exif_transpose(image), in_chans)))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            _warn(f"skipped {path}: {error}")
+            failed.append(str(path))
+            progress.update()
+    return loaded
+
+
+def write_outputs(
+    out: Path, stem: str, image: torch.Tensor, result: dict[str, np.ndarray], predictor: Predictor, *, cmap: str, save_npy: bool
+) -> list[np.ndarray]:
+    """Writes one image's pictures (and arrays) and returns its summary panels: the image, then one per task.
+
+    Per task ``t``: segmentation ``<stem>_<t>.png`` (class ids, palette) and ``<stem>_<t>_overlay.png``; depth
+    ``<stem>_<t>.png`` (uint16 millimetres, 0 = invalid) and ``<stem>_<t>_color.png``; normals ``<stem>_<t>.png``
+    (RGB); with ``save_npy`` also the raw array as ``<stem>_<t>.npy``.
+
+    Args:
+        out: The output folder.
+        stem: The input's file stem.
+        image: The input as the model saw it, ``C x H x W`` in [0, 1].
+        result: The predictor's result for it.
+        predictor: The predictor (for its tasks and recipe).
+        cmap: Depth colour map.
+        save_npy: Also save raw arrays.
+    """
+    from multitask_deeplab import visualize
+
+    rgb = visualize.image_to_uint8(image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1))
+    panels = [rgb]
+    for name, kind in predictor.tasks.items():
+        value = result[name]
+        base = f"{stem}_{name}"  # not Path.with_suffix: stems may hold dots
+        if kind == "segmentation":
+            task = predictor.recipe.tasks[name]
+            visualize.save_png(value.astype(np.uint8), out / f"{base}.png", palette=visualize.segmentation_palette(task.num_classes))
+            colour = visualize.colorize_segmentation(value, task.num_classes, task.ignore_index)
+            panel = visualize.overlay(rgb, colour)
+            visualize.save_png(panel, out / f"{base}_overlay.png")
+        elif kind == "depth":
+            save_depth_png(value, out / f"{base}.png")
+            panel = visualize.colorize_depth(value, cmap=cmap)
+            visualize.save_png(panel, out / f"{base}_color.png")
+        else:
+            panel = visualize.colorize_normals(value)
+            visualize.save_png(panel, out / f"{base}.png")
+        panels.append(panel)
+        if save_npy:
+            _atomic_save(out / f"{base}.npy", lambda handle, value=value: np.save(handle, value))
+    return panels
+
+
+def save_depth_png(depth: np.ndarray, path: Path) -> None:
+    """Depth in metres as a 16-bit PNG of millimetres: 0 where invalid (not finite or <= 0), clipped to 1..65535 elsewhere."""
+    valid = np.isfinite(depth) & (depth > 0)
+    millimetres = np.where(valid, np.clip(np.rint(np.where(valid, depth, 0) * DEPTH_PNG_SCALE), 1, 65535), 0)
+    picture = Image.fromarray(millimetres.astype(np.uint16))
+    _atomic_save(path, lambda handle: picture.save(handle, format="PNG"))
+
+
+def _atomic_save(path: Path, write: Any) -> None:
+    """Writes through an open binary handle, atomically (a temp file renamed over ``path``)."""
+    from multitask_deeplab.engine.checkpoint import atomic_write
+
+    def write_file(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            write(handle)
+
+    atomic_write(path, write_file)
+
+
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"mtdl: warning: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def _export(args: argparse.Namespace) -> int:
+    from multitask_deeplab.engine.restore import model_from_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".{args.format}")
+    if args.format == "safetensors":
+        from multitask_deeplab.engine.checkpoint import export_safetensors
+
+        model, _, _ = model_from_checkpoint(args.checkpoint)
+        export_safetensors(model, out)
+        print(f"wrote the weights of {args.checkpoint} to {out}")
+        return 0
+    from multitask_deeplab.export import CHECK_SHAPES, TOLERANCE, export_onnx, onnx_max_difference, require_onnx
+
+    require_onnx()
+    model, _, _ = model_from_checkpoint(args.checkpoint)
+    export_onnx(model, out, opset=args.opset)
+    difference = onnx_max_difference(model, out)
+    sizes = " and ".join(f"{b}x{model.backbone.in_chans}x{h}x{w}" for b, h, w in CHECK_SHAPES)
+    print(f"wrote {out}: input 'image' (batch x {model.backbone.in_chans} x height x width, dynamic), outputs {', '.join(model.task_names)}")
+    print(f"ONNX Runtime vs PyTorch on {sizes}: max abs difference {difference:.3g}")
+    if not difference <= TOLERANCE:
+        print(f"mtdl: error: the difference {difference:.3g} exceeds {TOLERANCE:g}; {out} does not reproduce the model", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,88 @@
+"""Every built-in component registry, and the check of a recipe's open mappings against them.
+
+Importing this module registers the built-in heads, losses, weightings and datasets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from multitask_deeplab.data import DATASETS
+from multitask_deeplab.data.augment import build_augmentation
+from multitask_deeplab.heads import HEADS, RESERVED_HEAD_ARGS
+from multitask_deeplab.losses import LOSSES
+from multitask_deeplab.recipe import Recipe, RecipeError, check_kwargs
+from multitask_deeplab.registry import Registry
+from multitask_deeplab.tasks import head_channels
+from multitask_deeplab.weighting import WEIGHTINGS
+
+REGISTRIES: dict[str, Registry] = {"heads": HEADS, "losses": LOSSES, "weightings": WEIGHTINGS, "datasets": DATASETS}
+
+
+def import_plugins(plugins: list[str]) -> None:
+    """Imports user code that registers its own components: a module name or a ``.py`` file path."""
+    for plugin in plugins:
+        try:
+            if plugin.endswith(".py"):
+                _import_file(Path(plugin))
+            else:
+                importlib.import_module(plugin)
+        except (ImportError, FileNotFoundError) as error:
+            raise ValueError(f"cannot import plugin {plugin!r}: {error}; give a module on PYTHONPATH or a .py file") from error
+
+
+def _import_file(path: Path) -> None:
+    name = f"mtdl_plugin_{path.stem}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise FileNotFoundError(f"no such plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def check_components(recipe: Recipe) -> None:
+    """Checks every ``type`` a recipe names and the keyword arguments given to it, naming dotted keys."""
+    for name, task in recipe.tasks.items():
+        path = f"tasks.{name}"
+        try:
+            check_kwargs(HEADS, task.head, f"{path}.head", reserved=RESERVED_HEAD_ARGS)
+        except RecipeError as error:
+            if "unknown head" in str(error):
+                raise RecipeError(f"{error}; if it is your own head, pass --plugin <module that registers it>") from None
+            raise
+        check_kwargs(LOSSES, task.loss, f"{path}.loss")
+    check_kwargs(WEIGHTINGS, recipe.weighting, "weighting", reserved=("task_names", "task_kinds"))
+    check_kwargs(DATASETS, recipe.data.dataset_cfg, "data", reserved=("split",))
+    augment = Registry("augmentation")
+    augment.register("augment")(build_augmentation)
+    check_kwargs(augment, {"type": "augment", **recipe.data.augment}, "data.augment", reserved=("ignore_index",))
+
+
+def build_losses(recipe: Recipe) -> dict[str, nn.Module]:
+    """One loss per task, checked to fit the task's kind and head."""
+    losses = {}
+    for name, task in recipe.tasks.items():
+        kind = LOSSES.get(task.loss["type"]).kind
+        if kind != task.kind:
+            raise ValueError(f"tasks.{name}.loss: {task.loss['type']!r} is a {kind} loss, but task {name!r} is {task.kind}")
+        defaults = {"ignore_index": task.ignore_index} if task.kind == "segmentation" else {}
+        loss = LOSSES.build(task.loss, **defaults)
+        loss.check_channels(head_channels(task.kind, task.num_classes))
+        losses[name] = loss
+    return losses
+
+
+def build_weighting(recipe: Recipe) -> nn.Module:
+    """The weighting strategy; fixed weights default to the tasks' ``weight`` values."""
+    cfg = dict(recipe.weighting)
+    if cfg["type"] == "fixed":
+        cfg.setdefault("weights", {name: task.weight for name, task in recipe.tasks.items()})
+    return WEIGHTINGS.build(cfg, task_names=list(recipe.tasks), task_kinds={n: t.kind for n, t in recipe.tasks.items()})

@@ -1,0 +1,1 @@
+"""The training engine: loop, evaluation, checkpoints, distributed set-up."""

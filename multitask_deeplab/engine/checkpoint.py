@@ -1,0 +1,92 @@
+"""Checkpoints: atomic writes, weights-only loading, safetensors export."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "multitask_deeplab/1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Writes a file through ``write(temp_path)`` in the same folder, then renames it over ``path``.
+
+    A crash or an error midway leaves any previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        write(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Saves a checkpoint dict of plain types and tensors atomically."""
+    atomic_write(path, lambda temp: torch.save({"format": FORMAT, **state}, temp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads a checkpoint with ``torch.load(weights_only=True)``; never falls back to unsafe loading.
+
+    Raises:
+        ValueError: naming the file when it is missing, truncated, not a checkpoint, or carries
+            Python objects (for example a pickle payload) that weights-only loading refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refused to load {path}: it holds Python objects that safe (weights-only) loading does not allow; "
+            "only load checkpoints from sources you trust, and re-save them with plain tensors"
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or another kind of file): {str(error).splitlines()[0]}") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a multitask_deeplab checkpoint (no '{FORMAT}' format tag)")
+    return state
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel or compiled wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def export_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
+    """Writes the model's weights (no code, no pickle) as ``.safetensors``, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_write(path, lambda temp: save_file(state, str(temp)))
+
+
+def load_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
+    """Loads ``.safetensors`` weights strictly; a mismatch names the file and the keys."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable file
+        raise ValueError(f"cannot read safetensors file {path}: {error}") from error
+    result = unwrap(model).load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        keys = (result.missing_keys + result.unexpected_keys)[:3]
+        raise ValueError(f"{path} does not fit the model: {len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected keys, e.g. {', '.join(keys)}")

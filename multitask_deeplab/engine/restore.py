@@ -1,0 +1,38 @@
+"""Rebuilding a trained model from nothing but its checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from multitask_deeplab import recipe as recipe_module
+from multitask_deeplab.engine.checkpoint import load_checkpoint
+from multitask_deeplab.model import MultiTaskModel, build_model
+from multitask_deeplab.recipe import Recipe
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MultiTaskModel, Recipe, dict[str, Any]]:
+    """Loads a checkpoint, rebuilds its model from the recipe inside it, and loads the weights.
+
+    Pretrained and ``init_from`` weights named in the recipe are not read again (the checkpoint has the
+    weights), so neither those files nor a network are needed.
+
+    Returns:
+        The model in eval mode on ``device``, the recipe, and the raw checkpoint dict.
+    """
+    state = load_checkpoint(path)
+    try:
+        recipe = recipe_module.from_dict(state["recipe"])
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{path} has no usable recipe inside ({error}); was it written by `mtdl train`?") from error
+    rebuilt = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, pretrained=False, init_from=None))
+    try:
+        model = build_model(rebuilt)
+    except ValueError as error:
+        hint = "; pass --plugin <module> that registers it" if "unknown head" in str(error) else ""
+        raise ValueError(f"cannot rebuild the model of {path}: {error}{hint}") from error
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), recipe, state

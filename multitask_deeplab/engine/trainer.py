@@ -1,0 +1,361 @@
+"""The training loop: one recipe in, checkpoints, metrics logs and pictures out."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from multitask_deeplab import recipe as recipe_module
+from multitask_deeplab.components import build_losses, build_weighting
+from multitask_deeplab.data.augment import build_augmentation
+from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
+from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from multitask_deeplab.engine.distributed import any_process, resolve_device, setup_distributed
+from multitask_deeplab.engine.evaluate import autocast, evaluate, higher_is_better, save_prediction_grid, task_metrics
+from multitask_deeplab.engine.logs import MetricsLog, format_table
+from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from multitask_deeplab.engine.rng import capture_rng, restore_rng, seed_everything
+from multitask_deeplab.model import build_model
+from multitask_deeplab.recipe import Recipe
+from multitask_deeplab.tasks import task_kind
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early (a signal, or non-finite losses under the ``stop`` policy) after saving a checkpoint.
+
+    Attributes:
+        exit_code: The process exit status the CLI should use.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def prepare_output_dir(path: Path) -> None:
+    """Creates the output folder and proves it writable, or raises a one-line error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write to output dir {path}: {error.strerror or error}; set train.output_dir to a writable folder") from error
+
+
+class Trainer:
+    """Trains the model a recipe describes; ``fit()`` runs it.
+
+    Everything that can fail on bad input (recipe, model, losses, data, output folder) is checked in the
+    constructor, before anything is written.
+
+    Args:
+        recipe: The resolved recipe.
+        resume: A checkpoint to resume from, ``"auto"`` for ``<output_dir>/last.pt`` when it exists, or None.
+        show_progress: Show a tqdm progress bar (rank 0 only).
+    """
+
+    def __init__(self, recipe: Recipe, *, resume: str | None = None, show_progress: bool = True) -> None:
+        self.recipe = recipe
+        cfg = recipe.train
+        self.info = setup_distributed()
+        self.device = resolve_device(cfg.device, self.info)
+        if cfg.amp != "off" and self.device.type == "cpu":
+            print(f"note: train.amp={cfg.amp} on the CPU is for correctness checks only; it is much slower than fp32 here")
+        seed_everything(cfg.seed)
+        self.output_dir = Path(cfg.output_dir)
+        self.show_progress = show_progress and self.info.is_main
+
+        self.losses = build_losses(recipe)
+        model = build_model(recipe).to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.grad_checkpointing:
+            model.backbone.set_grad_checkpointing(True)
+        self.weighting = build_weighting(recipe).to(self.device)
+        self.train_set = build_dataset(recipe, "train")
+        self.val_set = build_dataset(recipe, "val")
+        self.augment = build_augmentation(**recipe.data.augment, ignore_index=self._ignore_index()).to(self.device)
+        self.best_metric = cfg.best_metric or self._default_best_metric()
+        self.best_higher = higher_is_better(recipe.tasks, self.best_metric)
+        resume_path = self._resume_path(resume)
+
+        batch = cfg.batch_size
+        if len(self.train_set) < batch * self.info.world_size:
+            raise ValueError(
+                f"the train split has {len(self.train_set)} samples, fewer than one batch of {batch} x {self.info.world_size} processes; "
+                "lower train.batch_size or add data"
+            )
+        self.sampler = ResumableSampler(self.train_set, info=self.info, seed=cfg.seed)
+        self.train_loader = build_loader(self.train_set, batch_size=batch, sampler=self.sampler, num_workers=recipe.data.num_workers, train=True, device=self.device)
+        self.val_loader = build_loader(
+            self.val_set,
+            batch_size=recipe.eval_batch_size,
+            sampler=ShardSampler(len(self.val_set), self.info),
+            num_workers=recipe.data.num_workers,
+            train=False,
+            device=self.device,
+        )
+        self.steps_per_epoch = len(self.sampler) // batch
+        self.total_steps = cfg.total_steps(self.steps_per_epoch)
+
+        self.model_params = [p for p in model.parameters() if p.requires_grad]
+        groups = parameter_groups(model, cfg.weight_decay)
+        if weighting_params := [p for p in self.weighting.parameters() if p.requires_grad]:
+            groups.append({"params": weighting_params, "weight_decay": 0.0})
+        self.optimizer = build_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, device=self.device)
+        self.scheduler = build_scheduler(
+            self.optimizer, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, power=cfg.poly_power
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.shared_params = [p for p in model.backbone.parameters() if p.requires_grad]
+        self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
+        if self.info.enabled:
+            if recipe.train.sync_batchnorm:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg.compile else model
+
+        self.epoch = self.step = self.step_in_epoch = 0
+        self.best_value: float | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.epoch_loss_sums = torch.zeros(len(recipe.tasks), dtype=torch.float64)
+        self.skipped_in_a_row = self.skipped_total = 0
+        self._stop_signal: int | None = None
+        if self.info.is_main:
+            prepare_output_dir(self.output_dir)
+            (self.output_dir / "recipe.yaml").write_text(recipe_module.dump(recipe))
+        self.log = MetricsLog(self.output_dir, enabled=self.info.is_main)
+        if resume_path is not None:
+            self._load(resume_path)
+
+    # ----------------------------------------------------------------------------------------- set-up helpers
+    def _ignore_index(self) -> int:
+        return next((t.ignore_index for t in self.recipe.tasks.values() if t.kind == "segmentation"), 255)
+
+    def _default_best_metric(self) -> str:
+        name, task = next(iter(self.recipe.tasks.items()))
+        return f"{name}.{task_metrics({name: task})[name].PRIMARY}"
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume == "auto":
+            path = self.output_dir / "last.pt"
+            if not path.is_file():
+                print(f"--resume auto: no {path} yet, starting from scratch")
+                return None
+            return path
+        return Path(resume)
+
+    # ---------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, float]:
+        """Trains to the end of the schedule and returns the last evaluation's metrics."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc="train", dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                self._run_epoch(bar)
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.info.is_main:
+            elapsed = time.perf_counter() - start
+            print(f"trained {self.step} steps in {elapsed:.0f} s; metrics on the val split (used for model selection):")
+            print(format_table(self.last_metrics))
+        return self.last_metrics
+
+    def _run_epoch(self, bar: tqdm) -> None:
+        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
+        for batch in self.train_loader:
+            losses = self._train_step(batch)
+            self.step += 1
+            self.step_in_epoch += 1
+            if losses is not None:
+                self.epoch_loss_sums += torch.tensor([losses[n] for n in self.recipe.tasks], dtype=torch.float64)
+                if self.step % self.recipe.train.log_interval == 0 or self.step == 1:
+                    bar.set_postfix(loss=f"{sum(losses.values()):.3f}", **{n: f"{v:.3f}" for n, v in losses.items()})
+            bar.update(1)
+            interval = self.recipe.train.checkpoint_interval
+            if interval and self.step % interval == 0:
+                self._save("last.pt")
+            self._check_stop_request()
+            if self.step >= self.total_steps:
+                break
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self._end_epoch()
+        elif self.step >= self.total_steps:
+            self._evaluate_and_save()
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        cfg = self.recipe.train
+        batch = self.augment(to_device(batch, self.device, cfg.channels_last))
+        # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
+        separate = self.info.enabled and self.weighting.reduces_gradients_itself
+        with self.model.no_sync() if separate else contextlib.nullcontext():
+            with autocast(self.device, cfg.amp):
+                outputs, features = self.model(batch["image"], return_features=True)
+            losses = self._losses(outputs, batch)
+            bad = [name for name, loss in losses.items() if not torch.isfinite(loss)]
+            if any_process(bool(bad), self.device):
+                return self._non_finite(f"non-finite loss in task {', '.join(bad) or '(another process)'}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.weighting.backward(
+                losses,
+                shared_parameters=self.shared_params,
+                head_parameters=self.head_params,
+                features=features,
+                scaler=self.scaler if self.scaler.is_enabled() else None,
+            )
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model_params, cfg.grad_clip or math.inf)
+        if not self.scaler.is_enabled() and any_process(not torch.isfinite(grad_norm), self.device):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._non_finite("non-finite gradients")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.skipped_in_a_row = 0
+        if getattr(self.weighting, "needs_post_step_losses", False):
+            self._post_step_losses(batch)
+        return {name: float(loss.detach()) for name, loss in losses.items()}
+
+    def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's unweighted loss, in fp32."""
+        return {
+            name: self.losses[name](outputs[name].float(), batch[task_kind(task.kind).target_key])
+            for name, task in self.recipe.tasks.items()
+        }
+
+    @torch.no_grad()
+    def _post_step_losses(self, batch: dict[str, torch.Tensor]) -> None:
+        with autocast(self.device, self.recipe.train.amp):
+            outputs = self.model(batch["image"])
+        self.weighting.after_step(self._losses(outputs, batch))
+
+    def _non_finite(self, what: str) -> None:
+        cfg = self.recipe.train
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        message = f"step {self.step + 1}: {what}"
+        if cfg.nonfinite == "stop" or self.skipped_in_a_row > cfg.max_skipped_steps:
+            reason = "train.nonfinite is 'stop'" if cfg.nonfinite == "stop" else f"more than {cfg.max_skipped_steps} steps in a row were skipped"
+            self._save("last.pt")
+            raise TrainingStopped(f"{message}; stopped because {reason} (last good state saved to {self.output_dir / 'last.pt'})", 3)
+        if self.info.is_main:
+            tqdm.write(f"warning: {message}; skipped this step ({self.skipped_total} skipped so far)")
+        return None
+
+    def _end_epoch(self) -> None:
+        mean_losses = self.epoch_loss_sums / max(1, self.step_in_epoch)
+        self.weighting.end_epoch(dict(zip(self.recipe.tasks, mean_losses.tolist())))
+        self.train_losses = dict(zip(self.recipe.tasks, mean_losses.tolist()))
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss_sums.zero_()
+        if self.epoch % self.recipe.train.eval_interval == 0 or self.step >= self.total_steps:
+            self._evaluate_and_save()
+
+    def _evaluate_and_save(self) -> None:
+        cfg = self.recipe.train
+        self.last_metrics = evaluate(self.model, self.val_loader, self.recipe.tasks, self.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        value = self.last_metrics[self.best_metric]
+        improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
+        if improved:
+            self.best_value = value
+        if not self.info.is_main:
+            return
+        row = {"epoch": self.epoch, "step": self.step, **{f"train.loss.{k}": v for k, v in getattr(self, "train_losses", {}).items()}}
+        row.update({f"val.{k}": v for k, v in self.last_metrics.items()})
+        row.update({f"weight.{k}": v for k, v in self.weighting.task_weights().items()})
+        row["skipped_steps"] = self.skipped_total
+        self.log.append(row)
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
+        self._save_pictures()
+
+    def _save_pictures(self) -> None:
+        count = self.recipe.eval.num_visualize
+        if count <= 0:
+            return
+        samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
+        batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
+        (self.output_dir / "pictures").mkdir(exist_ok=True)
+        save_prediction_grid(self.model, batch, self.recipe.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.recipe.train.amp)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save(self, name: str) -> None:
+        if not self.info.is_main:
+            return
+        state = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_loss_sums": self.epoch_loss_sums.clone(),
+            "best": {"metric": self.best_metric, "value": self.best_value},
+            "metrics": self.last_metrics,
+            "recipe": recipe_module.to_dict(self.recipe),
+            "rng": capture_rng(),
+        }
+        try:
+            save_checkpoint(self.output_dir / name, state)
+        except OSError as error:
+            raise TrainingStopped(
+                f"could not write checkpoint {self.output_dir / name}: {error.strerror or error}; the previous one is intact", 4
+            ) from error
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.epoch_loss_sums = state["epoch_loss_sums"].clone()
+        self.best_value = state["best"]["value"]
+        self.last_metrics = state["metrics"]
+        restore_rng(state["rng"])
+        if self.info.is_main:
+            print(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+
+    # ---------------------------------------------------------------------------------------------- signals
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def _check_stop_request(self) -> None:
+        requested = self._stop_signal is not None
+        if self.info.enabled:
+            requested = any_process(requested, self.device)
+        if not requested:
+            return
+        self._save("last.pt")
+        signum = self._stop_signal or signal.SIGTERM
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(signum).name} at step {self.step}; checkpoint saved to {self.output_dir / 'last.pt'}; "
+            f"resume with: mtdl train RECIPE --resume {self.output_dir / 'last.pt'}",
+            128 + signum,
+        )
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

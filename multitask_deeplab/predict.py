@@ -1,0 +1,288 @@
+"""Inference for users: a checkpoint in, per-image numpy predictions out, for images of any size.
+
+Example::
+
+    predictor = Predictor.from_checkpoint("runs/x/best.pt", tta_flip=True)
+    result = predictor(Image.open("street.jpg"))
+    result["seg"]    # H x W int64 class ids
+    result["depth"]  # H x W float32 metres
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from multitask_deeplab.tasks import KINDS
+
+if TYPE_CHECKING:
+    from multitask_deeplab.recipe import Recipe
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+"""A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
+
+# Tolerance on the [0, 1] range of float inputs (resampling and colour conversions overshoot slightly).
+_RANGE_SLACK = 1e-3
+
+
+class Predictor:
+    """Runs a multi-task model on images of any size and returns numpy arrays at each image's own size.
+
+    Results are keyed by task name (``predictor.tasks`` maps each name to its kind):
+
+    - segmentation task ``t``: ``t`` is the ``H x W`` int64 class map; with ``probabilities=True`` also
+      ``t + "_probs"``, the ``num_classes x H x W`` float32 softmax probabilities.
+    - depth task: ``H x W`` float32 metres.
+    - normals task: ``3 x H x W`` float32 unit vectors (camera frame: x right, y down, z forward).
+
+    Each image is padded on the bottom and right to a multiple of ``stride`` (edge replication, which works for
+    any image size) and the predictions are cropped back. Images of equal size are batched together.
+
+    Args:
+        model: Maps a ``B x C x H x W`` batch in [0, 1] to ``{task: B x C_t x H x W}`` (a ``MultiTaskModel``);
+            it is moved to ``device`` and put in eval mode.
+        tasks: ``{task name: kind}``, kinds ``"segmentation"``, ``"depth"`` or ``"normals"``.
+        stride: The model's output stride; inputs are padded to a multiple of it.
+        in_chans: Channels the model takes. For 3, grayscale inputs are repeated and an alpha channel dropped.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, a ``torch.device``, or ``None``/``"auto"`` (CUDA when available).
+        tta_flip: Also predict the horizontally flipped image and average (probabilities, depth, and normals with
+            their x component mirrored, renormalised).
+        window: Sliding-window tile size in pixels for large images; tiles overlap by a third and are averaged.
+            ``None`` runs whole images.
+        batch_size: Most images (or tiles' images) per forward pass.
+        recipe: The recipe the model was built from, kept as ``predictor.recipe`` (class names, class counts).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Mapping[str, str],
+        *,
+        stride: int,
+        in_chans: int = 3,
+        device: str | torch.device | None = None,
+        tta_flip: bool = False,
+        window: int | None = None,
+        batch_size: int = 8,
+        recipe: Recipe | None = None,
+    ) -> None:
+        for name, kind in tasks.items():
+            if kind not in KINDS:
+                raise ValueError(f"task {name!r} has kind {kind!r}; the predictor handles {', '.join(KINDS)}")
+        if window is not None and window < stride:
+            raise ValueError(f"window must be at least the output stride ({stride}) pixels, got {window}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.tasks = dict(tasks)
+        self.stride = stride
+        self.in_chans = in_chans
+        self.tta_flip = tta_flip
+        self.window = window
+        self.batch_size = batch_size
+        self.recipe = recipe
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        *,
+        tta_flip: bool = False,
+        window: int | None = None,
+        batch_size: int = 8,
+    ) -> Predictor:
+        """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
+
+        No recipe file, pretrained weights or network are needed. A recipe naming a custom head needs the
+        module that registers it imported first.
+
+        Args:
+            path: The checkpoint (``best.pt``, ``last.pt``).
+            device, tta_flip, window, batch_size: As for :class:`Predictor`.
+        """
+        from multitask_deeplab.engine.restore import model_from_checkpoint
+
+        model, recipe, _ = model_from_checkpoint(path)
+        return cls(
+            model,
+            {name: task.kind for name, task in recipe.tasks.items()},
+            stride=max(model.backbone.reductions),
+            in_chans=recipe.model.in_chans,
+            device=device,
+            tta_flip=tta_flip,
+            window=window,
+            batch_size=batch_size,
+            recipe=recipe,
+        )
+
+    def __call__(
+        self, images: ImageLike | Sequence[ImageLike], *, probabilities: bool = False
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """Predicts every task for one image (returns one dict) or a list of images (returns a list of dicts).
+
+        A ``B x C x H x W`` tensor counts as a list of B images. Float inputs must be in [0, 1] and uint8 ones in
+        [0, 255]; do not normalise them, the model does.
+        """
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
+        tensors = [to_tensor(image, self.in_chans) for image in ([images] if single else images)]
+        results: list[dict[str, np.ndarray]] = [{} for _ in tensors]
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, tensor in enumerate(tensors):
+            by_size[tuple(tensor.shape[-2:])].append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                outputs = self.predict_batch(torch.stack([tensors[i] for i in chunk]).to(self.device))
+                for row, index in enumerate(chunk):
+                    results[index] = self._to_numpy(outputs, row, probabilities)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def predict_batch(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions for a ``B x C x H x W`` batch in [0, 1] on the predictor's device.
+
+        Returns:
+            ``{task: B x C_t x H x W}`` float32: softmax probabilities for segmentation, metres for depth,
+            unit vectors for normals (with test-time flipping and the sliding window applied).
+        """
+        height, width = image.shape[-2:]
+        if self.window is None or (height <= self.window and width <= self.window):
+            return self._predict_whole(image)
+        tile_h, tile_w = min(self.window, height), min(self.window, width)
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros(1, 1, height, width, device=image.device)
+        for top in _tile_starts(height, tile_h):
+            for left in _tile_starts(width, tile_w):
+                tile = self._predict_whole(image[..., top : top + tile_h, left : left + tile_w])
+                for name, value in tile.items():
+                    sums.setdefault(name, image.new_zeros(value.shape[:2] + (height, width)))
+                    sums[name][..., top : top + tile_h, left : left + tile_w] += value
+                count[..., top : top + tile_h, left : left + tile_w] += 1
+        return {name: self._finish(name, total / count) for name, total in sums.items()}
+
+    def _predict_whole(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = image.shape[-2:]
+        padded = pad_to_multiple(image, self.stride)
+        views = torch.cat([padded, padded.flip(-1)]) if self.tta_flip else padded
+        outputs = self.model(views)
+        predictions = {}
+        for name, kind in self.tasks.items():
+            value = outputs[name].float()
+            if kind == "segmentation":
+                value = value.softmax(dim=1)
+            if self.tta_flip:
+                plain, flipped = value.chunk(2)
+                flipped = flipped.flip(-1)
+                if kind == "normals":
+                    flipped = flipped * flipped.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+                value = self._finish(name, (plain + flipped) / 2)
+            predictions[name] = value[..., :height, :width]
+        return predictions
+
+    def _finish(self, name: str, mean: torch.Tensor) -> torch.Tensor:
+        """An average of predictions made valid again: normals back to unit length."""
+        return F.normalize(mean, dim=1, eps=1e-6) if self.tasks[name] == "normals" else mean
+
+    def _to_numpy(self, outputs: dict[str, torch.Tensor], row: int, probabilities: bool) -> dict[str, np.ndarray]:
+        result = {}
+        for name, kind in self.tasks.items():
+            value = outputs[name][row].cpu()
+            if kind == "segmentation":
+                result[name] = value.argmax(dim=0).numpy()
+                if probabilities:
+                    result[f"{name}_probs"] = value.numpy()
+            else:
+                result[name] = (value[0] if kind == "depth" else value).numpy()
+        return result
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; asking for CUDA without one is a ``ValueError``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def to_tensor(image: ImageLike, in_chans: int = 3) -> torch.Tensor:
+    """An image as a ``C x H x W`` float32 tensor in [0, 1] with ``in_chans`` channels.
+
+    For a 3-channel model, grayscale (1 channel, or 2-D) inputs are repeated to RGB and an alpha channel is dropped;
+    PIL images of 8-bit modes are converted to RGB (to "L" for a 1-channel model). Any other channel count is a
+    ``ValueError``. uint8 and uint16 data are scaled by 255 and 65535; float data must already be in [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        if in_chans in (1, 3) and image.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"):
+            image = image.convert("L" if in_chans == 1 else "RGB")
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        array = image[..., None] if image.ndim == 2 else image
+        if array.ndim != 3:
+            raise ValueError(f"a numpy image must be H x W x C or H x W, got shape {image.shape}")
+        tensor = torch.from_numpy(np.array(array)).permute(2, 0, 1)  # a copy: PIL's arrays are read-only
+    elif isinstance(image, torch.Tensor):
+        tensor = image[None] if image.dim() == 2 else image
+        if tensor.dim() != 3:
+            raise ValueError(f"a tensor image must be C x H x W or H x W, got shape {tuple(image.shape)}")
+        tensor = tensor.detach().cpu()
+    else:
+        raise ValueError(f"cannot predict on a {type(image).__name__}: give a PIL image, a numpy array or a tensor")
+    tensor = _scale(tensor)
+    channels = tensor.shape[0]
+    if in_chans == 3 and channels in (1, 2):  # gray, gray + alpha
+        tensor = tensor[:1].expand(3, -1, -1)
+    elif in_chans == 3 and channels == 4:  # RGBA
+        tensor = tensor[:3]
+    elif channels != in_chans:
+        raise ValueError(
+            f"the image has {channels} channels but the model takes {in_chans}; give {in_chans}-channel images "
+            f"(numpy H x W x {in_chans} or tensor {in_chans} x H x W)"
+        )
+    return tensor.contiguous()
+
+
+def _scale(tensor: torch.Tensor) -> torch.Tensor:
+    """Integer images to [0, 1] floats; float images checked to be in [0, 1]."""
+    if tensor.dtype == torch.uint8:
+        return tensor.float() / 255
+    if tensor.dtype == torch.uint16:
+        return tensor.float() / 65535
+    if not tensor.is_floating_point():
+        raise ValueError(f"unsupported image dtype {tensor.dtype}: use uint8, uint16 or float in [0, 1]")
+    tensor = tensor.float()
+    if tensor.numel() and not (-_RANGE_SLACK <= tensor.min() and tensor.max() <= 1 + _RANGE_SLACK):
+        raise ValueError(
+            f"float image values must be in [0, 1], got {tensor.min().item():.3g} to {tensor.max().item():.3g}; "
+            "divide 0-255 images by 255 and do not normalise them (the model normalises itself)"
+        )
+    return tensor.clamp(0, 1)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pads a ``B x C x H x W`` batch on the bottom and right, repeating the edge, to sides that are multiples of ``multiple``."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return image
+    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    """Tile offsets covering ``size`` with tiles of ``tile`` overlapping by a third; the last one ends at the edge."""
+    if size <= tile:
+        return [0]
+    step = tile - tile // 3
+    return list(range(0, size - tile, step)) + [size - tile]
+
