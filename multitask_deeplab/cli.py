@@ -14,17 +14,46 @@ from multitask_deeplab.cli_predict import add_commands
 EXIT_BAD_INPUT = 2
 
 
-def _train(args: argparse.Namespace) -> int:
+def _load_checked(args: argparse.Namespace):  # noqa: ANN202 - returns a Recipe
     from multitask_deeplab import recipe as recipe_module
     from multitask_deeplab.components import check_components
-    from multitask_deeplab.engine.trainer import Trainer
 
     recipe = recipe_module.load(args.recipe, args.overrides)
     check_components(recipe)
+    return recipe
+
+
+def _train(args: argparse.Namespace) -> int:
+    from multitask_deeplab import recipe as recipe_module
+    from multitask_deeplab.engine.trainer import Trainer
+
+    recipe = _load_checked(args)
     if args.print_recipe:
         print(recipe_module.dump(recipe), end="")
         return 0
     Trainer(recipe, resume=args.resume, show_progress=not args.no_progress).fit()
+    return 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from multitask_deeplab.engine.sweep import train_baselines
+
+    train_baselines(_load_checked(args), show_progress=not args.no_progress)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from multitask_deeplab.components import REGISTRIES
+    from multitask_deeplab.engine.evaluate import task_metrics
+    from multitask_deeplab.engine.sweep import format_sweep, sweep
+
+    recipe = _load_checked(args)
+    for strategy in args.weightings:
+        REGISTRIES["weightings"].get(strategy)
+    rows = sweep(recipe, args.weightings, show_progress=not args.no_progress)
+    columns = [f"{name}.{task_metrics({name: task})[name].PRIMARY}" for name, task in recipe.tasks.items()]
+    print("val-split metrics of each final model (the test split is never used for selection):")
+    print(format_sweep(rows, columns))
     return 0
 
 
@@ -33,6 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
     from multitask_deeplab.engine.checkpoint import atomic_write
+    from multitask_deeplab.engine.delta_m import recipe_delta_m
     from multitask_deeplab.engine.distributed import DistInfo, resolve_device
     from multitask_deeplab.engine.evaluate import evaluate
     from multitask_deeplab.engine.logs import format_table
@@ -43,17 +73,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
-        batch_size=recipe.eval.batch_size or recipe.train.batch_size,
+        batch_size=recipe.eval_batch_size,
         sampler=ShardSampler(len(dataset), DistInfo()),
         num_workers=recipe.data.num_workers,
         train=False,
         device=device,
     )
     metrics = evaluate(model, loader, recipe.tasks, device)
+    delta = recipe_delta_m(recipe, metrics)
+    report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
-    atomic_write(out, lambda temp: temp.write_text(json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics}, indent=2)))
+    atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
     print(f"metrics on the {args.split} split of {args.checkpoint}:")
     print(format_table(metrics))
+    if delta is not None:
+        print(f"  Δm vs single-task baselines ({recipe.eval.delta_m} protocol): {delta:+.2f} %")
     print(f"saved to {out}")
     return 0
 
@@ -103,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
+    baselines = commands.add_parser("baselines", help="train one single-task model per task (for Δm)")
+    baselines.add_argument("recipe")
+    baselines.add_argument("overrides", nargs="*")
+    baselines.add_argument("--no-progress", action="store_true")
+    baselines.set_defaults(run=_baselines)
+
+    sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies, print one table")
+    sweep.add_argument("recipe")
+    sweep.add_argument("overrides", nargs="*")
+    sweep.add_argument("--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(run=_sweep)
+
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
@@ -126,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=_data)
 
     add_commands(commands)
-    for sub in (train, evaluate, data):
+    for sub in (train, baselines, sweep, evaluate, data):
         sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
     return parser
 

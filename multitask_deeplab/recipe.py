@@ -48,13 +48,19 @@ def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The shared backbone and input normalisation."""
+    """The shared backbone, an optional trunk shared by the heads, and input normalisation.
+
+    ``shared_trunk`` is null, or the arguments of a :class:`~multitask_deeplab.heads.SharedTrunk` (``channels``,
+    ``rates``, ``separable``, ``dropout``, ``in_index``): one ASPP run once for every task, whose output the heads
+    read as the last feature level (give them ``trunk: light``).
+    """
 
     backbone: str = "resnet18"
     output_stride: Literal[8, 16, 32] = 16
     pretrained: bool | str = False
     in_chans: int = _opt(3, ge=1)
     out_indices: list[int] | None = None
+    shared_trunk: dict[str, Any] | None = None
     init_from: str | None = None
     mean: list[float] = _opt(factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = _opt(factory=lambda: [0.229, 0.224, 0.225])
@@ -187,10 +193,14 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Evaluation batch size (``None``: the training one) and how many samples to visualise."""
+    """Evaluation batch size (``None``: the training one), how many samples to visualise, and the single-task
+    baselines for Δm: a ``baselines.json`` path or ``{task: {metric: value}}`` (e.g. published numbers)."""
 
     batch_size: int | None = _opt(None, ge=1)
     num_visualize: int = _opt(4, ge=0)
+    baselines: str | dict[str, dict[str, float]] | None = None
+    delta_m: Literal["task", "metric"] = "task"
+    delta_m_metrics: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,9 @@ def build_dataset(recipe: Recipe, split: str) -> Dataset:
 class ResumableSampler(Sampler[int]):
     """``DistributedSampler``'s per-epoch shuffled shard that can start partway through an epoch.
 
+    Rank ``r`` of ``N`` takes every ``N``-th index of the epoch's permutation, starting at ``r``, so step ``s`` at
+    batch ``B`` on ``N`` processes covers together the same samples as step ``s`` at batch ``N x B`` on one.
+
     Args:
         dataset: The training set.
         info: This process's rank and the world size.
@@ -65,8 +68,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler, num_workers: int, train: bool, device: torch.device) -> DataLoader:
-    """A DataLoader with seeded, persistent workers and pinned memory on CUDA."""
+def build_loader(
+    dataset: Dataset, *, batch_size: int, sampler: Sampler, num_workers: int, train: bool, device: torch.device, seed: int = 0
+) -> DataLoader:
+    """A DataLoader with seeded, persistent workers and pinned memory on CUDA.
+
+    The loader draws its workers' seeds from its own generator (seeded with ``seed``), never from torch's
+    global one: persistent workers start once per process, so drawing from the global generator would shift
+    the random numbers of augmentation and dropout after a resume that starts the workers mid-run.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -76,6 +86,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler, num_wor
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

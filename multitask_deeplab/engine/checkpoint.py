@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,13 +52,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"refused to load {path}: it holds Python objects that safe (weights-only) loading does not allow; "
-            "only load checkpoints from sources you trust, and re-save them with plain tensors"
-        ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or another kind of file): {str(error).splitlines()[0]}") from error
+    except Exception as error:  # noqa: BLE001 - whatever the reader trips on, the file is not a checkpoint we load
+        message = str(error)
+        if isinstance(error, pickle.UnpicklingError) and (refused := re.search(r"GLOBAL (\S+)", message)):
+            raise ValueError(
+                f"refused to load {path}: it holds Python objects ({refused[1]}) that safe (weights-only) loading does "
+                "not allow; only load checkpoints from sources you trust, and re-save them with plain tensors"
+            ) from error
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message) or re.match(r"\s*(.+)", message)
+        reason = f"{type(error).__name__}: {detail[1]}" if detail else type(error).__name__
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or another kind of file; {reason})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a multitask_deeplab checkpoint (no '{FORMAT}' format tag)")
     return state
@@ -79,14 +82,21 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
-    """Loads ``.safetensors`` weights strictly; a mismatch names the file and the keys."""
+    """Loads ``.safetensors`` weights strictly; a mismatch (names or shapes) names the file and the keys."""
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
     except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable file
         raise ValueError(f"cannot read safetensors file {path}: {error}") from error
-    result = unwrap(model).load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        keys = (result.missing_keys + result.unexpected_keys)[:3]
-        raise ValueError(f"{path} does not fit the model: {len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected keys, e.g. {', '.join(keys)}")
+    expected = unwrap(model).state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in state if key in expected and state[key].shape != expected[key].shape]
+    if missing or unexpected or reshaped:
+        keys = ", ".join((missing + unexpected + reshaped)[:3])
+        raise ValueError(
+            f"{path} does not fit the model: {len(missing)} missing, {len(unexpected)} unexpected and "
+            f"{len(reshaped)} differently shaped tensors, e.g. {keys}"
+        )
+    unwrap(model).load_state_dict(state)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -18,8 +19,15 @@ from multitask_deeplab import recipe as recipe_module
 from multitask_deeplab.components import build_losses, build_weighting
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
-from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from multitask_deeplab.engine.distributed import any_process, resolve_device, setup_distributed
+from multitask_deeplab.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
+from multitask_deeplab.engine.distributed import (
+    any_process,
+    any_process_each,
+    convert_sync_batchnorm,
+    mean_over_processes,
+    resolve_device,
+    setup_distributed,
+)
 from multitask_deeplab.engine.evaluate import autocast, evaluate, higher_is_better, save_prediction_grid, task_metrics
 from multitask_deeplab.engine.logs import MetricsLog, format_table
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -30,7 +38,10 @@ from multitask_deeplab.tasks import task_kind
 
 
 class TrainingStopped(RuntimeError):
-    """Training ended early (a signal, or non-finite losses under the ``stop`` policy) after saving a checkpoint.
+    """Training ended early after saving a checkpoint, or because it could not write one.
+
+    Exit codes: 3 for non-finite losses under the ``stop`` policy or too many skipped steps in a row,
+    4 when the output folder stops accepting writes, ``128 + signal number`` for SIGTERM (143) and SIGINT (130).
 
     Attributes:
         exit_code: The process exit status the CLI should use.
@@ -52,11 +63,77 @@ def prepare_output_dir(path: Path) -> None:
         raise ValueError(f"cannot write to output dir {path}: {error.strerror or error}; set train.output_dir to a writable folder") from error
 
 
+class StepLog:
+    """Each step's task losses (averaged over processes) as JSON lines in ``steps.jsonl``, written by rank 0.
+
+    Rows are buffered and appended at each checkpoint. Opening the log drops the rows after ``step``, the step
+    the run starts from: those of an interrupted run being resumed, or all of them when starting afresh.
+
+    Args:
+        path: The ``steps.jsonl`` file.
+        step: The step training starts from.
+        enabled: False on processes other than rank 0.
+    """
+
+    def __init__(self, path: Path, *, step: int, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        if enabled and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
+            atomic_write(path, lambda temp: temp.write_text("".join(f"{line}\n" for line in kept)))
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Buffers one step's row."""
+        if self.enabled:
+            self.rows.append(row)
+
+    def flush(self) -> None:
+        """Appends the buffered rows to the file."""
+        if self.rows:
+            with open(self.path, "a") as handle:
+                handle.write("".join(json.dumps(row) + "\n" for row in self.rows))
+            self.rows.clear()
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``steps.jsonl`` line; infinite for a line cut short by a crash, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class Trainer:
     """Trains the model a recipe describes; ``fit()`` runs it.
 
     Everything that can fail on bad input (recipe, model, losses, data, output folder) is checked in the
     constructor, before anything is written.
+
+    **Several processes** (``torchrun``, see :mod:`multitask_deeplab.engine.distributed`): the model is wrapped
+    in DistributedDataParallel and each process trains on its own shard of every epoch's permutation.
+    ``train.batch_size`` is per process: the global batch is ``batch_size x world_size``, so scale ``train.lr``
+    yourself when you change the number of processes. BatchNorm statistics are per process unless
+    ``train.sync_batchnorm`` is true; with it, N processes at batch B train like one at batch N x B. Only rank 0
+    writes files; a signal or a non-finite loss on any one process stops or skips on all of them together.
+
+    **Resume** (``--resume auto`` or a path) restores the weights, optimizer, learning-rate schedule, GradScaler,
+    weighting strategy (with its random generator), the epoch and the position inside it (the samples already
+    seen are skipped), the running epoch losses, the best metric so far, the count of skipped steps and the
+    python, numpy, torch and CUDA random generators. So on the CPU, with the same recipe and number of processes,
+    a run stopped and resumed is bit-identical to one run straight through (on CUDA, up to non-deterministic
+    kernels). Not restored: random state inside DataLoader workers, which are re-seeded when they start (the
+    built-in augmentation runs in the training process and is restored). The recipe is the one given on the
+    command line, not the checkpoint's: change only what you mean to (e.g. ``train.epochs`` to train longer).
+
+    **Non-finite losses or gradients**: ``train.nonfinite=skip`` drops the step (no update), warns naming the step
+    and the task, and counts it (``skipped_steps`` in ``metrics.jsonl``); more than ``train.max_skipped_steps``
+    in a row, or any under ``train.nonfinite=stop``, saves ``last.pt`` (the state before that step) and stops
+    with exit code 3.
+
+    **Checkpoints** (``last.pt`` at each evaluation and every ``train.checkpoint_interval`` steps, ``best.pt``) are
+    written to a temporary file and renamed, so a crash or a full disk never leaves a half-written one behind;
+    SIGTERM and SIGINT save ``last.pt`` at the end of the current step and exit with 128 + the signal number.
 
     Args:
         recipe: The resolved recipe.
@@ -96,7 +173,17 @@ class Trainer:
                 "lower train.batch_size or add data"
             )
         self.sampler = ResumableSampler(self.train_set, info=self.info, seed=cfg.seed)
-        self.train_loader = build_loader(self.train_set, batch_size=batch, sampler=self.sampler, num_workers=recipe.data.num_workers, train=True, device=self.device)
+        # Worker seeds differ between ranks, so random code in a dataset does not repeat itself on every rank.
+        worker_seed = cfg.seed + self.info.rank
+        self.train_loader = build_loader(
+            self.train_set,
+            batch_size=batch,
+            sampler=self.sampler,
+            num_workers=recipe.data.num_workers,
+            train=True,
+            device=self.device,
+            seed=worker_seed,
+        )
         self.val_loader = build_loader(
             self.val_set,
             batch_size=recipe.eval_batch_size,
@@ -104,6 +191,7 @@ class Trainer:
             num_workers=recipe.data.num_workers,
             train=False,
             device=self.device,
+            seed=worker_seed,
         )
         self.steps_per_epoch = len(self.sampler) // batch
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
@@ -121,7 +209,7 @@ class Trainer:
         self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
         if self.info.enabled:
             if recipe.train.sync_batchnorm:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = convert_sync_batchnorm(model, self.device)
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = torch.compile(model) if cfg.compile else model
 
@@ -137,6 +225,7 @@ class Trainer:
         self.log = MetricsLog(self.output_dir, enabled=self.info.is_main)
         if resume_path is not None:
             self._load(resume_path)
+        self.step_log = StepLog(self.output_dir / "steps.jsonl", step=self.step, enabled=self.info.is_main)
 
     # ----------------------------------------------------------------------------------------- set-up helpers
     def _ignore_index(self) -> int:
@@ -182,6 +271,7 @@ class Trainer:
             losses = self._train_step(batch)
             self.step += 1
             self.step_in_epoch += 1
+            self.step_log.append({"step": self.step, **({"losses": losses} if losses is not None else {"skipped": True})})
             if losses is not None:
                 self.epoch_loss_sums += torch.tensor([losses[n] for n in self.recipe.tasks], dtype=torch.float64)
                 if self.step % self.recipe.train.log_interval == 0 or self.step == 1:
@@ -207,9 +297,10 @@ class Trainer:
             with autocast(self.device, cfg.amp):
                 outputs, features = self.model(batch["image"], return_features=True)
             losses = self._losses(outputs, batch)
-            bad = [name for name, loss in losses.items() if not torch.isfinite(loss)]
-            if any_process(bool(bad), self.device):
-                return self._non_finite(f"non-finite loss in task {', '.join(bad) or '(another process)'}")
+            # Every process learns which tasks went non-finite anywhere, so all skip (or stop) together.
+            finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()])
+            if bad := [name for name, flag in zip(losses, any_process_each(~finite)) if flag]:
+                return self._non_finite(f"non-finite loss in task {', '.join(bad)}")
             self.optimizer.zero_grad(set_to_none=True)
             self.weighting.backward(
                 losses,
@@ -229,7 +320,7 @@ class Trainer:
         self.skipped_in_a_row = 0
         if getattr(self.weighting, "needs_post_step_losses", False):
             self._post_step_losses(batch)
-        return {name: float(loss.detach()) for name, loss in losses.items()}
+        return mean_over_processes({name: float(loss.detach()) for name, loss in losses.items()}, self.device)
 
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's unweighted loss, in fp32."""
@@ -280,11 +371,12 @@ class Trainer:
         row.update({f"val.{k}": v for k, v in self.last_metrics.items()})
         row.update({f"weight.{k}": v for k, v in self.weighting.task_weights().items()})
         row["skipped_steps"] = self.skipped_total
-        self.log.append(row)
-        self._save("last.pt")
-        if improved:
-            self._save("best.pt")
-        self._save_pictures()
+        with self._writing(self.output_dir):
+            self.log.append(row)
+            self._save("last.pt")
+            if improved:
+                self._save("best.pt")
+            self._save_pictures()
 
     def _save_pictures(self) -> None:
         count = self.recipe.eval.num_visualize
@@ -311,14 +403,24 @@ class Trainer:
             "epoch_loss_sums": self.epoch_loss_sums.clone(),
             "best": {"metric": self.best_metric, "value": self.best_value},
             "metrics": self.last_metrics,
+            "skipped_steps": self.skipped_total,
             "recipe": recipe_module.to_dict(self.recipe),
             "rng": capture_rng(),
         }
-        try:
+        with self._writing(self.output_dir / name):
+            self.step_log.flush()
             save_checkpoint(self.output_dir / name, state)
+
+    @contextlib.contextmanager
+    def _writing(self, target: Path) -> Iterator[None]:
+        """Turns a failed write (full disk, lost permission) into a one-line stop that names ``target``."""
+        try:
+            yield
         except OSError as error:
             raise TrainingStopped(
-                f"could not write checkpoint {self.output_dir / name}: {error.strerror or error}; the previous one is intact", 4
+                f"could not write {target}: {error.strerror or error}; stopped at step {self.step}. Checkpoints already "
+                f"in {self.output_dir} are intact: free space or fix the folder, then resume with --resume auto",
+                4,
             ) from error
 
     def _load(self, path: Path) -> None:
@@ -332,6 +434,7 @@ class Trainer:
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
         self.best_value = state["best"]["value"]
         self.last_metrics = state["metrics"]
+        self.skipped_total = state["skipped_steps"]
         restore_rng(state["rng"])
         if self.info.is_main:
             print(f"resumed from {path} at epoch {self.epoch}, step {self.step}")

@@ -1,0 +1,64 @@
+"""Single-task baselines and weighting-strategy sweeps: several trainings of one recipe, one table."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
+from multitask_deeplab.engine.trainer import Trainer
+from multitask_deeplab.recipe import Recipe
+
+
+def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
+    """The recipe with only ``task`` (same backbone, head, data and schedule) and fixed weighting."""
+    best = recipe.train.best_metric if recipe.train.best_metric and recipe.train.best_metric.startswith(f"{task}.") else None
+    train = dataclasses.replace(recipe.train, output_dir=str(output_dir), best_metric=best)
+    return dataclasses.replace(recipe, tasks={task: recipe.tasks[task]}, train=train, weighting={"type": "fixed"})
+
+
+def train_baselines(recipe: Recipe, *, show_progress: bool = True) -> dict[str, dict[str, float]]:
+    """Trains one single-task model per task and writes ``<output_dir>/baselines/baselines.json``.
+
+    Returns:
+        ``{task: {metric: value}}``: each model's val metrics at the end of its training.
+    """
+    folder = Path(recipe.train.output_dir) / "baselines"
+    baselines = {}
+    for task in recipe.tasks:
+        print(f"single-task baseline: {task}")
+        metrics = Trainer(single_task_recipe(recipe, task, folder / task), show_progress=show_progress).fit()
+        baselines[task] = {key.removeprefix(f"{task}."): value for key, value in metrics.items()}
+    write_baselines(folder / "baselines.json", baselines, split="val")
+    print(f"wrote {folder / 'baselines.json'}")
+    return baselines
+
+
+def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = True) -> list[dict[str, float | str | None]]:
+    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<strategy>``.
+
+    Returns:
+        One row per strategy: its val metrics, Δm against the recipe's baselines (None without them) and
+        the mean training-step time in seconds.
+    """
+    folder = Path(recipe.train.output_dir) / "sweep"
+    rows = []
+    for strategy in strategies:
+        print(f"weighting strategy: {strategy}")
+        train = dataclasses.replace(recipe.train, output_dir=str(folder / strategy))
+        trainer = Trainer(dataclasses.replace(recipe, weighting={"type": strategy}, train=train), show_progress=show_progress)
+        metrics = trainer.fit()
+        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, metrics), "seconds_per_step": trainer.seconds_per_step})
+    return rows
+
+
+def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[str]) -> str:
+    """A markdown table of sweep rows over the given metric columns, plus Δm and time per step."""
+    header = ["weighting", *columns, "Δm %", "s/step"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        delta = "n/a" if row["delta_m"] is None else f"{row['delta_m']:+.2f}"
+        cells = [str(row["weighting"]), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Bit-exact resume: a real ``mtdl train`` stopped by SIGTERM mid-epoch and resumed with ``--resume auto`` gives
+the same per-step losses, metrics and final state, bit for bit, as a run straight through (CPU, 2 workers,
+dropout and random augmentation on)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers_training import ROOT, child_env, load, mtdl, one_thread, read_steps, wait_for_logged_step, write_recipe  # noqa: F401
+from multitask_deeplab.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# 3 epochs of 8 steps; last.pt is written at the end of each epoch and every 10 steps, so the first save inside
+# an epoch other than the first is at step 10. Stopping after it resumes mid-epoch, where the data loader's
+# persistent workers and the random generators must all pick up exactly where they were.
+STEPS, FIRST_MID_EPOCH_SAVE = 24, 10
+OVERRIDES = ["train.epochs=3", "train.checkpoint_interval=10", "data.num_workers=2", "--no-progress"]
+
+
+def stop_after_checkpoint(recipe: Path, run_dir: Path, *, timeout: float = 90) -> int:
+    """Starts ``mtdl train``, sends SIGTERM once the save at step 10 began, and returns the step at which the
+    trainer says it stopped."""
+    process = subprocess.Popen(
+        mtdl("train", str(recipe), f"train.output_dir={run_dir}", *OVERRIDES),
+        cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_logged_step(run_dir, FIRST_MID_EPOCH_SAVE, [process], timeout=timeout)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert f"resume with: mtdl train RECIPE --resume {run_dir / 'last.pt'}" in err
+    return int(re.search(r"stopped by SIGTERM at step (\d+);", err)[1])
+
+
+def test_sigterm_then_resume_auto_is_bit_identical_to_a_straight_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    stopped_at = stop_after_checkpoint(recipe, tmp_path / "resumed")
+    assert FIRST_MID_EPOCH_SAVE <= stopped_at < STEPS, "the signal came after the end of training"
+    state = load(tmp_path / "resumed" / "last.pt")
+    assert state["step"] == stopped_at
+    assert [row["step"] for row in read_steps(tmp_path / "resumed")] == list(range(1, stopped_at + 1))
+
+    assert main(["train", str(recipe), f"train.output_dir={tmp_path / 'resumed'}", *OVERRIDES, "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'resumed' / 'last.pt'} at epoch " in out and f", step {stopped_at}\n" in out
+    assert main(["train", str(recipe), f"train.output_dir={tmp_path / 'straight'}", *OVERRIDES]) == 0
+
+    resumed, straight = read_steps(tmp_path / "resumed"), read_steps(tmp_path / "straight")
+    assert [row["step"] for row in straight] == list(range(1, STEPS + 1))
+    assert resumed == straight, "per-step losses differ"
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text() for run in ("resumed", "straight")]
+    assert metrics[0] == metrics[1] and metrics[0].count("\n") == 3
+    a, b = load(tmp_path / "resumed" / "last.pt"), load(tmp_path / "straight" / "last.pt")
+    assert a["step"] == b["step"] == STEPS
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)
+    assert a["rng"]["torch"].equal(b["rng"]["torch"]) and a["rng"]["numpy"] == b["rng"]["numpy"]
+
+
+def test_starting_afresh_in_a_used_folder_drops_the_old_step_log(tmp_path):
+    recipe = write_recipe(tmp_path)
+    args = ["train", str(recipe), f"train.output_dir={tmp_path / 'run'}", "train.steps=2", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert [row["step"] for row in read_steps(tmp_path / "run")] == [1, 2]
