@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-import torch
 
 from multitask_deeplab.cli_predict import add_commands
 

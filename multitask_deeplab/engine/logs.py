@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,44 @@ def format_table(metrics: dict[str, float], *, skip_per_class: bool = True) -> s
         return "(no metrics)"
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v:10.4f}" for k, v in rows)
+
+
+class StepLog:
+    """Each step's task losses (averaged over processes) as JSON lines in ``steps.jsonl``, written by rank 0.
+
+    Rows are buffered and appended at each checkpoint. Opening the log drops the rows after ``step``, the step
+    the run starts from: those of an interrupted run being resumed, or all of them when starting afresh.
+
+    Args:
+        path: The ``steps.jsonl`` file.
+        step: The step training starts from.
+        enabled: False on processes other than rank 0.
+    """
+
+    def __init__(self, path: Path, *, step: int, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        if enabled and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
+            atomic_write(path, lambda temp: temp.write_text("".join(f"{line}\n" for line in kept)))
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Buffers one step's row."""
+        if self.enabled:
+            self.rows.append(row)
+
+    def flush(self) -> None:
+        """Appends the buffered rows to the file."""
+        if self.rows:
+            with open(self.path, "a") as handle:
+                handle.write("".join(json.dumps(row) + "\n" for row in self.rows))
+            self.rows.clear()
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``steps.jsonl`` line; infinite for a line cut short by a crash, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

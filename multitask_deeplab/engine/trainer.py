@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -19,7 +18,8 @@ from multitask_deeplab import recipe as recipe_module
 from multitask_deeplab.components import build_losses, build_weighting
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
-from multitask_deeplab.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint, unwrap
+from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.distributed import (
     any_process,
     any_process_each,
@@ -29,7 +29,7 @@ from multitask_deeplab.engine.distributed import (
     setup_distributed,
 )
 from multitask_deeplab.engine.evaluate import autocast, evaluate, higher_is_better, save_prediction_grid, task_metrics
-from multitask_deeplab.engine.logs import MetricsLog, format_table
+from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from multitask_deeplab.engine.rng import capture_rng, restore_rng, seed_everything
 from multitask_deeplab.model import build_model
@@ -61,47 +61,6 @@ def prepare_output_dir(path: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"cannot write to output dir {path}: {error.strerror or error}; set train.output_dir to a writable folder") from error
-
-
-class StepLog:
-    """Each step's task losses (averaged over processes) as JSON lines in ``steps.jsonl``, written by rank 0.
-
-    Rows are buffered and appended at each checkpoint. Opening the log drops the rows after ``step``, the step
-    the run starts from: those of an interrupted run being resumed, or all of them when starting afresh.
-
-    Args:
-        path: The ``steps.jsonl`` file.
-        step: The step training starts from.
-        enabled: False on processes other than rank 0.
-    """
-
-    def __init__(self, path: Path, *, step: int, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        self.rows: list[dict[str, Any]] = []
-        if enabled and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
-            atomic_write(path, lambda temp: temp.write_text("".join(f"{line}\n" for line in kept)))
-
-    def append(self, row: dict[str, Any]) -> None:
-        """Buffers one step's row."""
-        if self.enabled:
-            self.rows.append(row)
-
-    def flush(self) -> None:
-        """Appends the buffered rows to the file."""
-        if self.rows:
-            with open(self.path, "a") as handle:
-                handle.write("".join(json.dumps(row) + "\n" for row in self.rows))
-            self.rows.clear()
-
-
-def _step_of(line: str) -> float:
-    """The step of a ``steps.jsonl`` line; infinite for a line cut short by a crash, so it is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 class Trainer:
@@ -214,6 +173,7 @@ class Trainer:
         self.model = torch.compile(model) if cfg.compile else model
 
         self.epoch = self.step = self.step_in_epoch = 0
+        self.train_seconds, self.timed_steps = 0.0, 0
         self.best_value: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.epoch_loss_sums = torch.zeros(len(recipe.tasks), dtype=torch.float64)
@@ -261,14 +221,26 @@ class Trainer:
                 signal.signal(sig, handler)
         if self.info.is_main:
             elapsed = time.perf_counter() - start
-            print(f"trained {self.step} steps in {elapsed:.0f} s; metrics on the val split (used for model selection):")
+            print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
+                  "metrics on the val split (used for model selection; the test split never is):")
             print(format_table(self.last_metrics))
+            delta = recipe_delta_m(self.recipe, self.last_metrics)
+            if delta is not None:
+                print(f"  Δm vs single-task baselines ({self.recipe.eval.delta_m} protocol): {delta:+.2f} %")
         return self.last_metrics
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of the training steps this process ran (data loading excluded)."""
+        return self.train_seconds / max(1, self.timed_steps)
 
     def _run_epoch(self, bar: tqdm) -> None:
         self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
         for batch in self.train_loader:
+            started = time.perf_counter()
             losses = self._train_step(batch)
+            self.train_seconds += time.perf_counter() - started
+            self.timed_steps += 1
             self.step += 1
             self.step_in_epoch += 1
             self.step_log.append({"step": self.step, **({"losses": losses} if losses is not None else {"skipped": True})})
