@@ -2,9 +2,9 @@
 
 Each sample is ray cast on the fly, deterministically from ``(seed, split, index)``: a pinhole camera in a
 box-shaped room (floor, four walls, ceiling) with 1 to ``max_objects`` spheres, boxes (turned about the vertical)
-and cylinders standing on the floor, occluding each other. Every surface gets a random colour pair and a plain,
-checker or wave-noise solid texture drawn from one distribution whatever its class, so colour never gives the class
-away, and random sizes and fields of view keep apparent size from giving the depth. Shading is Lambertian from one
+and cylinders standing on the floor, occluding each other. Every surface gets a random colour and a plain, checker
+or wave-noise solid texture in a darker shade of it, drawn from one distribution whatever its class, so colour never
+gives the class away; random object sizes keep apparent size from giving the depth. Shading is Lambertian from one
 directional light plus ambient; Gaussian pixel noise comes last.
 
 Labels: classes ``floor, wall, sphere, box, cylinder`` (ids 0..4). The ceiling is labelled ``wall``, so every ray
@@ -39,8 +39,8 @@ _ROOM_CHUNK = 1 << 16  # pixels per room rendering chunk: small enough for the t
 _MISS = 1e9  # distance given to rays that miss an object, beyond any room wall
 _NO_SLAB = 1e3  # slab half-size that never clips inside a room (metres)
 _NO_QUADRIC = 1e-4  # quadric coefficient of a 100 m sphere: no constraint inside a room
-_SCENE_DRAWS = 43  # uniforms drawn per scene, then per object slot (fixed, so slots never shift)
-_OBJECT_DRAWS = 17
+_SCENE_DRAWS = 35  # uniforms drawn per scene, then per object slot (fixed, so slots never shift)
+_OBJECT_DRAWS = 13
 
 Vec = tuple[Any, Any, Any]  # three broadcastable components (tensors or floats)
 
@@ -89,25 +89,23 @@ def _uniform(u: Iterator[float], low: float, high: float) -> float:
 
 
 def _random_surface(u: Iterator[float]) -> list[float]:
-    """A surface row: random colour pair and texture, the same distribution for every class (10 draws)."""
-    colour = colorsys.hsv_to_rgb(next(u), _uniform(u, 0.1, 0.9), _uniform(u, 0.35, 1.0))
-    other = colorsys.hsv_to_rgb(next(u), _uniform(u, 0.1, 0.9), _uniform(u, 0.35, 1.0))
-    darker, pick, cell, texture = _uniform(u, 0.4, 0.7), next(u), _uniform(u, 0.25, 0.8), next(u)
-    second = other if pick < 0.5 else tuple(c * darker for c in colour)
-    checker, noise = float(0.3 <= texture < 0.65), float(texture >= 0.65)
-    return [*colour, *(b - a for a, b in zip(colour, second)), 1.0 / cell, checker, noise]
+    """A surface row: a random colour, textured with a darker shade of it; one distribution for every class."""
+    colour = colorsys.hsv_to_rgb(next(u), _uniform(u, 0.1, 0.9), _uniform(u, 0.4, 1.0))
+    shade, cell, texture = _uniform(u, -0.45, -0.15), _uniform(u, 0.25, 0.8), next(u)
+    checker, noise = float(0.3 <= texture < 0.65), float(texture >= 0.65)  # else plain
+    return [*colour, *(c * shade for c in colour), 1.0 / cell, checker, noise]
 
 
 def _random_scene(u: Iterator[float], max_objects: int, aspect: float) -> dict[str, Any]:
     """Draws one scene description (see ``_pack`` for the keys) from a stream of uniforms in [0, 1)."""
     half_width, height, half_depth = _uniform(u, 3.0, 6.0), _uniform(u, 2.8, 4.0), _uniform(u, 4.0, 7.0)
-    cam_height, pitch = _uniform(u, 0.8, 2.0), math.radians(_uniform(u, 8.0, 35.0))
-    vfov, yaw = math.radians(_uniform(u, 45.0, 70.0)), math.radians(_uniform(u, -35.0, 35.0))
-    roll = math.radians(_uniform(u, -5.0, 5.0))
+    cam_height, pitch = _uniform(u, 1.1, 1.7), math.radians(_uniform(u, 10.0, 30.0))
+    vfov, yaw = math.radians(_uniform(u, 50.0, 65.0)), math.radians(_uniform(u, -35.0, 35.0))
+    roll = math.radians(_uniform(u, -4.0, 4.0))
     cam = (_uniform(u, -0.4, 0.4) * half_width, cam_height, -half_depth + _uniform(u, 0.3, 1.5))
-    elevation, azimuth = math.radians(_uniform(u, 35.0, 80.0)), _uniform(u, 0.0, 2.0 * math.pi)
+    elevation, azimuth = math.radians(_uniform(u, 20.0, 60.0)), _uniform(u, 0.0, 2.0 * math.pi)
     light = (math.cos(elevation) * math.sin(azimuth), math.sin(elevation), math.cos(elevation) * math.cos(azimuth))
-    shade = (_uniform(u, 0.35, 0.55), _uniform(u, 0.5, 0.75))
+    shade = (_uniform(u, 0.25, 0.4), _uniform(u, 0.6, 0.85))
     floor, wall = _random_surface(u), _random_surface(u)
     waves = []
     for _ in range(2):  # a random direction (z up, uniform azimuth) times a frequency, and a phase
@@ -327,7 +325,8 @@ def _render_room(scenes: _Scenes, gx: Tensor, gy: Tensor) -> list[Tensor]:
     signs = [on * d.sign() for on, d in zip((on_x, on_y, ~(on_x | on_y)), direction)]
     normal = tuple(signs[0] * -rot[0][j] - signs[1] * rot[1][j] - signs[2] * rot[2][j] for j in range(3))
     point = tuple(o + depth * d for o, d in zip(origin, direction))
-    surface = [w + is_floor * f for w, f in zip(_cols(scenes.wall, per_scene), _cols(scenes.floor - scenes.wall, per_scene))]
+    wall, floor_minus_wall = _cols(scenes.wall, per_scene), _cols(scenes.floor - scenes.wall, per_scene)
+    surface = [w + is_floor * f for w, f in zip(wall, floor_minus_wall)]
     albedo = _albedo(point, surface, [_cols(wave, per_scene) for wave in scenes.waves.unbind(1)])
     colour = _shaded(albedo, normal, _cols(scenes.light, per_scene), _cols(scenes.shade, per_scene))
     return [depth, 1.0 - is_floor, *normal, *colour]
@@ -433,7 +432,6 @@ class ScenesDataset(torch.utils.data.Dataset):
         noise: Standard deviation of the Gaussian pixel noise added to the [0, 1] image.
     """
 
-    class_names: list[str] = list(CLASS_NAMES)
     ignore_index: int = IGNORE_INDEX
 
     def __init__(
@@ -450,7 +448,9 @@ class ScenesDataset(torch.utils.data.Dataset):
         if split not in SPLIT_SIZES:
             raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLIT_SIZES)}")
         if num_samples is not None and not 0 < num_samples <= 1 << 40:
-            raise ValueError(f"num_samples={num_samples} must be a positive count (at most 2**40); or None for the default")
+            raise ValueError(
+                f"num_samples={num_samples} must be a positive count (at most 2**40), or None for the split's default"
+            )
         if height < 16 or width < 16:
             raise ValueError(f"image size {height}x{width} is too small: use height and width of at least 16")
         if max_objects < 1:
@@ -458,6 +458,7 @@ class ScenesDataset(torch.utils.data.Dataset):
         if noise < 0:
             raise ValueError(f"noise={noise} must be >= 0 (0 turns pixel noise off)")
         self.split = split
+        self.class_names = list(CLASS_NAMES)
         self.num_samples = SPLIT_SIZES[split] if num_samples is None else num_samples
         self.height, self.width, self.seed = height, width, seed
         self.max_objects, self.noise = max_objects, noise
