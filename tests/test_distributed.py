@@ -115,7 +115,9 @@ def test_two_processes_on_half_batches_train_like_one_on_the_whole_batch(tmp_pat
     a, b = load(single / "last.pt"), load(double / "last.pt")
     assert a["model"].keys() == b["model"].keys()
     for key, value in a["model"].items():
-        if value.is_floating_point():
+        if key.endswith(("running_mean", "running_var")):  # batch statistics: summation order, relative tolerance
+            torch.testing.assert_close(value, b["model"][key], rtol=1e-5, atol=1e-5, msg=key)
+        elif value.is_floating_point():
             assert (value - b["model"][key]).abs().max() <= 1e-5, key
         else:
             assert torch.equal(value, b["model"][key]), key

@@ -117,7 +117,7 @@ def test_unknown_keys_suggest_the_closest() -> None:
     assert error(BASE.replace("num_classes", "num_class")) == (
         "unknown key tasks.seg.num_class: did you mean tasks.seg.num_classes?"
     )
-    assert error(BASE + "eval: {zzz: 1}\n") == "unknown key eval.zzz: valid keys are batch_size, num_visualize"
+    assert error(BASE + "eval: {zzz: 1}\n") == "unknown key eval.zzz: valid keys are batch_size, num_visualize, baselines, delta_m, delta_m_metrics"
 
 
 @pytest.mark.parametrize(
