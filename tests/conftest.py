@@ -6,7 +6,7 @@ import os
 import socket
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads cost more than they give, and tests spawn processes
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -23,6 +23,9 @@ def _loopback_only_connect(self: socket.socket, address) -> None:  # type: ignor
 
 
 socket.socket.connect = _loopback_only_connect  # type: ignore[method-assign]
+
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
