@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
+import torch.utils.checkpoint
+from timm.models import FeatureDictNet
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 OUTPUT_STRIDES = (8, 16, 32)
 _PROBE_SIZE = 64
@@ -57,6 +62,7 @@ class TimmBackbone(nn.Module):
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
         self.body = _create(name, pretrained=bool(pretrained), output_stride=output_stride, weights_file=weights_file, **kwargs)
         self.in_chans = in_chans
+        self.grad_checkpointing = False
         self.channels, self.reductions = self._measure()
         if output_stride != 32 and max(self.reductions) != output_stride:
             raise ValueError(
@@ -66,11 +72,39 @@ class TimmBackbone(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Returns one feature map per level, from shallow to deep."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled() and isinstance(self.body, FeatureDictNet):
+            return self._checkpointed_forward(image)
         return list(self.body(image))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recomputes stage activations in the backward pass to save memory (timm's mechanism)."""
-        self.body.set_grad_checkpointing(enable)
+        """Recomputes the backbone's activations in the backward pass instead of keeping them (saves memory).
+
+        The layers between two returned feature levels form one segment; a segment keeps only its input and
+        runs again, one segment at a time, in the backward pass. Batch-norm running statistics are updated
+        once per step, not again by the recomputation. Families whose timm feature wrapper is not a module
+        sequence use timm's own mechanism.
+        """
+        self.grad_checkpointing = enable
+        if not isinstance(self.body, FeatureDictNet):
+            self.body.set_grad_checkpointing(enable)
+
+    def _checkpointed_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``FeatureDictNet``'s forward, each segment ending at a returned level run under checkpointing."""
+        features, segment = [], []
+        for name, module in self.body.items():
+            segment.append(module)
+            if name not in self.body.return_layers:
+                continue
+            # A leading in-place layer (e.g. a ReLU) would overwrite the segment input kept for recomputation.
+            while len(segment) > 1 and getattr(segment[0], "inplace", False) is True:
+                x = segment.pop(0)(x)
+            x = checkpoint(nn.Sequential(*segment), x)
+            segment = []
+            if isinstance(x, (tuple, list)):
+                features.append(torch.cat(x, 1) if self.body.concat else x[0])
+            else:
+                features.append(x)
+        return features
 
     @torch.no_grad()
     def _measure(self) -> tuple[list[int], list[int]]:
@@ -83,6 +117,35 @@ class TimmBackbone(nn.Module):
         channels = [f.shape[1] for f in features]
         reductions = [round(_PROBE_SIZE / f.shape[-1]) for f in features]
         return channels, reductions
+
+
+def checkpoint(module: nn.Module, *args: Any) -> Any:
+    """``module(*args)`` without keeping its activations: they are recomputed in the backward pass.
+
+    The recomputation leaves batch-norm running statistics (and their batch counters) as the forward pass
+    left them, so each training step updates them exactly once; under ``torch.compile``, which cannot trace that
+    guard, they are updated a second time by the recomputation, as with timm's checkpointing.
+    """
+    if torch.compiler.is_compiling():
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+    return torch.utils.checkpoint.checkpoint(
+        module, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _frozen_norm_stats(module))
+    )
+
+
+@contextlib.contextmanager
+def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Batch norms in ``module`` normalise with batch statistics but do not update their running ones."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _weights_file(pretrained: bool | str | os.PathLike) -> Path | None:

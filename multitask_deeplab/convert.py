@@ -61,6 +61,8 @@ def load_torchvision_deeplabv3(model: MultiTaskModel, weights: str | os.PathLike
     Returns:
         The task that received the classifier.
     """
+    if getattr(model, "trunk", None) is not None:
+        raise ValueError("torchvision DeepLabV3 weights need a model without model.shared_trunk (each head owns its ASPP)")
     task = task or next((name for name, head in model.heads.items() if type(head) is DeepLabV3Head), None)
     if task is None or type(model.heads[task]) is not DeepLabV3Head:
         raise ValueError(f"{TORCHVISION_DEEPLABV3} weights need a task with a plain deeplabv3 head, got {task!r}")

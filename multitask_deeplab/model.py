@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multitask_deeplab.backbone import TimmBackbone
-from multitask_deeplab.heads import HEADS, DenseHead
+from multitask_deeplab.backbone import TimmBackbone, checkpoint
+from multitask_deeplab.heads import HEADS, DenseHead, SharedTrunk
 from multitask_deeplab.tasks import head_channels
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ class MultiTaskModel(nn.Module):
     Args:
         backbone: The shared feature extractor.
         heads: One head per task, each mapping the feature list to a map at feature resolution.
+        trunk: Optional module shared by the heads (e.g. a :class:`~multitask_deeplab.heads.SharedTrunk`),
+            run once on the feature list; its output is appended to the list as the last level.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
     """
@@ -38,6 +41,7 @@ class MultiTaskModel(nn.Module):
         backbone: TimmBackbone,
         heads: Mapping[str, nn.Module],
         *,
+        trunk: nn.Module | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -51,7 +55,9 @@ class MultiTaskModel(nn.Module):
         if any(s <= 0 for s in std):
             raise ValueError(f"std values must be positive, got {list(std)}")
         self.backbone = backbone
+        self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
+        self.grad_checkpointing = False
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -59,6 +65,17 @@ class MultiTaskModel(nn.Module):
     def task_names(self) -> list[str]:
         """The tasks, in the order their heads were given."""
         return list(self.heads.keys())
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters every task depends on: the backbone's and the shared trunk's."""
+        shared = [self.backbone] if self.trunk is None else [self.backbone, self.trunk]
+        return [p for module in shared for p in module.parameters() if p.requires_grad]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recomputes activations in the backward pass instead of keeping them: the backbone's segments (see
+        :meth:`TimmBackbone.set_grad_checkpointing`), the shared trunk and each head, one at a time."""
+        self.backbone.set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable
 
     def forward(self, image: torch.Tensor, *, return_features: bool = False) -> Any:
         """Predicts every task.
@@ -71,12 +88,18 @@ class MultiTaskModel(nn.Module):
             ``{task: B x C_t x H x W}``, and the features when ``return_features``.
         """
         features = self.backbone((image - self.mean) / self.std)
+        if self.trunk is not None:
+            features = [*features, self._run(self.trunk, features)]
         outputs = {task: self._decode(head, features, image.shape[-2:]) for task, head in self.heads.items()}
         return (outputs, features) if return_features else outputs
 
-    @staticmethod
-    def _decode(head: nn.Module, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
-        output = F.interpolate(head(features), size=size, mode="bilinear", align_corners=False)
+    def _run(self, module: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, features)
+        return module(features)
+
+    def _decode(self, head: nn.Module, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
+        output = F.interpolate(self._run(head, features), size=size, mode="bilinear", align_corners=False)
         return head.finalize(output) if isinstance(head, DenseHead) else output
 
     def predict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,9 +113,25 @@ class MultiTaskModel(nn.Module):
             self.train(was_training)
 
 
-def build_head(backbone: TimmBackbone, cfg: Mapping[str, Any], out_channels: int) -> nn.Module:
-    """Builds a registered head from ``{"type": name, **kwargs}``, sized to the backbone's real channels."""
-    return HEADS.build(cfg, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=out_channels)
+def build_head(backbone: TimmBackbone, cfg: Mapping[str, Any], out_channels: int, trunk: SharedTrunk | None = None) -> nn.Module:
+    """Builds a registered head from ``{"type": name, **kwargs}``, sized to the feature levels it will read: the
+    backbone's real channels, plus the shared trunk's output as the last level when there is one."""
+    channels, reductions = list(backbone.channels), list(backbone.reductions)
+    if trunk is not None:
+        channels.append(trunk.channels)
+        reductions.append(trunk.reduction)
+    return HEADS.build(cfg, in_channels=channels, reductions=reductions, out_channels=out_channels)
+
+
+def build_trunk(backbone: TimmBackbone, cfg: Mapping[str, Any] | None) -> SharedTrunk | None:
+    """The :class:`SharedTrunk` that ``model.shared_trunk`` describes (``None``: no shared trunk)."""
+    if cfg is None:
+        return None
+    allowed = [name for name in inspect.signature(SharedTrunk).parameters if name not in ("in_channels", "reductions")]
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise ValueError(f"model.shared_trunk: unknown key {unknown[0]!r}; it takes {', '.join(allowed)}")
+    return SharedTrunk(backbone.channels, backbone.reductions, **cfg)
 
 
 def create_model(
@@ -102,6 +141,8 @@ def create_model(
     output_stride: int = 16,
     pretrained: bool | str = False,
     in_chans: int = 3,
+    out_indices: Sequence[int] | None = None,
+    shared_trunk: Mapping[str, Any] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> MultiTaskModel:
@@ -116,16 +157,20 @@ def create_model(
     Args:
         backbone: timm model name.
         heads: ``{task: {"type": head name, "out_channels": n, **head kwargs}}``.
-        output_stride, pretrained, in_chans: As for :class:`TimmBackbone`.
+        output_stride, pretrained, in_chans, out_indices: As for :class:`TimmBackbone` (``out_indices``: keep
+            only the levels the heads read, which saves memory).
+        shared_trunk: ``None``, or the arguments of a :class:`SharedTrunk` run once for all heads
+            (e.g. ``{"channels": 256}``); heads then read its output as the last level.
         mean, std: Input normalisation.
     """
-    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained, in_chans=in_chans)
+    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained, in_chans=in_chans, out_indices=out_indices)
+    trunk = build_trunk(body, shared_trunk)
     built = {}
     for task, cfg in heads.items():
         if "out_channels" not in cfg:
             raise ValueError(f"head of task {task!r} needs out_channels (e.g. the number of classes)")
-        built[task] = build_head(body, {k: v for k, v in cfg.items() if k != "out_channels"}, cfg["out_channels"])
-    return MultiTaskModel(body, built, mean=mean, std=std)
+        built[task] = build_head(body, {k: v for k, v in cfg.items() if k != "out_channels"}, cfg["out_channels"], trunk)
+    return MultiTaskModel(body, built, trunk=trunk, mean=mean, std=std)
 
 
 def build_model(recipe: Recipe) -> MultiTaskModel:
@@ -138,8 +183,12 @@ def build_model(recipe: Recipe) -> MultiTaskModel:
         in_chans=cfg.in_chans,
         out_indices=cfg.out_indices,
     )
-    heads = {name: build_head(backbone, task.head, head_channels(task.kind, task.num_classes)) for name, task in recipe.tasks.items()}
-    model = MultiTaskModel(backbone, heads, mean=cfg.mean, std=cfg.std)
+    trunk = build_trunk(backbone, cfg.shared_trunk)
+    heads = {
+        name: build_head(backbone, task.head, head_channels(task.kind, task.num_classes), trunk)
+        for name, task in recipe.tasks.items()
+    }
+    model = MultiTaskModel(backbone, heads, trunk=trunk, mean=cfg.mean, std=cfg.std)
     if cfg.init_from:
         from multitask_deeplab.convert import init_from
 

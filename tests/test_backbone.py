@@ -65,3 +65,40 @@ def test_weights_with_wrong_shapes_fail_naming_file(tmp_path):
 def test_missing_weights_file():
     with pytest.raises(ValueError, match="pretrained weights file not found: /nowhere/w.pth"):
         TimmBackbone("resnet18", pretrained="/nowhere/w.pth")
+
+
+def saved_bytes(backbone: TimmBackbone, image: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        features = backbone(image)
+    return total, features
+
+
+@pytest.mark.parametrize("output_stride", [8, 32])
+def test_grad_checkpointing_keeps_less_and_gives_the_same_gradients(output_stride):
+    torch.manual_seed(0)
+    plain = TimmBackbone("resnet18", output_stride=output_stride)
+    checkpointed = TimmBackbone("resnet18", output_stride=output_stride)
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.set_grad_checkpointing(True)
+    image = torch.rand(2, 3, 64, 64)
+    kept_plain, features_plain = saved_bytes(plain, image)
+    kept, features = saved_bytes(checkpointed, image)
+    assert kept < kept_plain / 5
+    for a, b in zip(features_plain, features):
+        assert torch.equal(a, b)
+    sum(f.square().mean() for f in features_plain).backward()
+    sum(f.square().mean() for f in features).backward()
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+    for b, c in zip(plain.buffers(), checkpointed.buffers()):
+        assert torch.equal(b, c)  # batch-norm statistics updated once, not again by the recomputation
+    checkpointed.set_grad_checkpointing(False)
+    assert saved_bytes(checkpointed, image)[0] == kept_plain

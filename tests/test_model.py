@@ -119,3 +119,82 @@ def test_custom_head_subclassing_dense_head_plugs_in():
 def test_mean_and_std_must_fit_the_input_channels():
     with pytest.raises(ValueError, match=r"one value per input channel \(4\)"):
         MultiTaskModel(TimmBackbone("resnet18", in_chans=4), {"x": torch.nn.Identity()})
+
+
+# ------------------------------------------------------------------------------------------- shared trunk
+
+
+def shared_trunk_model(**trunk) -> MultiTaskModel:
+    from multitask_deeplab.model import create_model
+
+    return create_model("resnet18", output_stride=16, shared_trunk={"channels": 16, **trunk}, heads={
+        "seg": {"type": "deeplabv3", "out_channels": 4, "channels": 16, "trunk": "light"},
+        "depth": {"type": "depth", "out_channels": 1, "channels": 16, "trunk": "light"},
+    })
+
+
+def test_shared_trunk_runs_once_and_counts_as_shared():
+    model = shared_trunk_model()
+    calls = []
+    model.trunk.register_forward_hook(lambda *args: calls.append(1))
+    outputs, features = model(torch.rand(2, 3, 64, 48), return_features=True)
+    assert len(calls) == 1
+    assert outputs["seg"].shape == (2, 4, 64, 48) and outputs["depth"].shape == (2, 1, 64, 48)
+    assert features[-1].shape == (2, 16, 4, 3)  # the trunk's output, read by the heads as the last level
+    shared = {id(p) for p in model.shared_parameters()}
+    assert {id(p) for p in model.trunk.parameters()} <= shared
+    assert {id(p) for p in model.backbone.parameters()} <= shared
+    assert not shared & {id(p) for p in model.heads.parameters()}
+    sum(o.mean() for o in outputs.values()).backward()
+    assert all(p.grad is not None for p in model.trunk.parameters())
+
+
+def test_shared_trunk_with_a_light_head_splits_the_deeplabv3_head():
+    """ASPP in the trunk, then the light head's 3x3 conv and classifier: the same function as one deeplabv3 head."""
+    torch.manual_seed(0)
+    split = shared_trunk_model()
+    backbone = split.backbone
+    whole = HEADS.build({"type": "deeplabv3", "channels": 16}, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=4)
+    whole.trunk[0].load_state_dict(split.trunk.aspp.state_dict())
+    whole.trunk[1].load_state_dict(split.heads["seg"].trunk[0].state_dict())
+    whole.classifier.load_state_dict(split.heads["seg"].classifier.state_dict())
+    reference = MultiTaskModel(backbone, {"seg": whole})
+    image = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(split.predict(image)["seg"], reference.predict(image)["seg"])
+
+
+def test_shared_trunk_from_a_recipe_and_its_errors():
+    from multitask_deeplab.model import build_model
+    from multitask_deeplab.recipe import loads
+
+    text = """
+model: {backbone: resnet18, shared_trunk: {channels: 8, separable: true}}
+tasks:
+  seg: {kind: segmentation, num_classes: 3, head: {type: deeplabv3, channels: 8, trunk: light}, loss: {type: cross_entropy}}
+"""
+    model = build_model(loads(text))
+    assert model.trunk.channels == 8 and model.trunk.aspp.convs[1][0].groups == 512
+    with pytest.raises(ValueError, match=r"model.shared_trunk: unknown key 'width'; it takes in_index, channels"):
+        build_model(loads(text.replace("channels: 8, separable", "width: 8, separable")))
+
+
+# ------------------------------------------------------------------------------------ gradient checkpointing
+
+
+def test_grad_checkpointing_gives_the_same_step_and_updates_batch_norm_once():
+    torch.manual_seed(0)
+    plain = build("resnet18", 8, ["deeplabv3", "depth"])
+    checkpointed = build("resnet18", 8, ["deeplabv3", "depth"])
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.set_grad_checkpointing(True)
+    image = torch.rand(2, 3, 48, 48)
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # the same dropout masks
+        sum(o.square().mean() for o in model(image).values()).backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(c, b, msg=name)  # running statistics and batch counters
+    with torch.no_grad():
+        checkpointed(image)  # no_grad and eval forwards skip checkpointing
+    assert checkpointed.predict(image)["deeplabv3"].shape == (2, 4, 48, 48)

@@ -116,7 +116,7 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.grad_checkpointing:
-            model.backbone.set_grad_checkpointing(True)
+            model.set_grad_checkpointing(True)
         self.weighting = build_weighting(recipe).to(self.device)
         self.train_set = build_dataset(recipe, "train")
         self.val_set = build_dataset(recipe, "val")
@@ -164,7 +164,7 @@ class Trainer:
             self.optimizer, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, power=cfg.poly_power
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.shared_params = [p for p in model.backbone.parameters() if p.requires_grad]
+        self.shared_params = model.shared_parameters()
         self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
         if self.info.enabled:
             if recipe.train.sync_batchnorm:

@@ -1,6 +1,6 @@
 """Dense prediction heads; importing this package registers the built-in ones."""
 
-from multitask_deeplab.heads.aspp import ASPP, DeepLabV3Head
+from multitask_deeplab.heads.aspp import ASPP, DeepLabV3Head, SharedTrunk
 from multitask_deeplab.heads.base import HEADS, RESERVED_HEAD_ARGS, DenseHead
 from multitask_deeplab.heads.deeplabv3plus import DeepLabV3PlusHead
 from multitask_deeplab.heads.depth import DepthHead
@@ -8,4 +8,5 @@ from multitask_deeplab.heads.normals import NormalsHead
 
 __all__ = [
     "ASPP", "HEADS", "RESERVED_HEAD_ARGS", "DeepLabV3Head", "DeepLabV3PlusHead", "DenseHead", "DepthHead", "NormalsHead",
+    "SharedTrunk",
 ]

@@ -9,7 +9,7 @@ from torch import nn
 
 from multitask_deeplab.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
 
-TRUNKS = ("aspp", "conv")
+TRUNKS = ("aspp", "conv", "light")
 
 
 def default_rates(reduction: int) -> tuple[int, ...]:
@@ -79,12 +79,15 @@ def build_trunk(
     separable: bool,
     dropout: float,
 ) -> nn.Sequential:
-    """The layers a head runs before its classifier: ``"aspp"`` (ASPP + 3x3 conv) or ``"conv"`` (two 3x3 convs)."""
+    """The layers a head runs before its classifier: ``"aspp"`` (ASPP + 3x3 conv), ``"conv"`` (two 3x3 convs) or
+    ``"light"`` (one 3x3 conv: the per-task part of a head reading a :class:`SharedTrunk`)."""
     if kind == "aspp":
         aspp = ASPP(in_channels, channels, rates or default_rates(reduction), separable=separable, dropout=dropout)
         return nn.Sequential(aspp, ConvBNReLU(channels, channels, 3))
     if kind == "conv":
         return nn.Sequential(ConvBNReLU(in_channels, channels, 3), ConvBNReLU(channels, channels, 3))
+    if kind == "light":
+        return nn.Sequential(ConvBNReLU(in_channels, channels, 3))
     raise ValueError(f"unknown trunk {kind!r}: use one of {', '.join(TRUNKS)}")
 
 
@@ -101,7 +104,7 @@ class DeepLabV3Head(DenseHead):
         rates: Atrous rates; by default DeepLabV3's, scaled to the level's reduction.
         separable: Depthwise-separable atrous convolutions (cheaper).
         dropout: Dropout after the ASPP projection.
-        trunk: ``"aspp"`` or the lighter ``"conv"``.
+        trunk: ``"aspp"``, the lighter ``"conv"``, or ``"light"`` on a shared trunk's output.
     """
 
     def __init__(
@@ -132,3 +135,46 @@ class DeepLabV3Head(DenseHead):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.trunk(self.select(features)))
+
+
+class SharedTrunk(DenseHead):
+    """An ASPP that several task heads share: the model runs it once and appends its output to the feature list.
+
+    With it, each task's head reads the last level (the default ``in_index``) and can be light, e.g.
+    ``{type: depth, trunk: light}``: ASPP here, then one 3x3 conv and a 1x1 classifier per task, which splits
+    torchvision's DeepLabV3 head between the shared and the per-task part.
+
+    Args:
+        in_channels: Channels of every backbone level.
+        reductions: Reduction of every backbone level.
+        in_index: Feature level to read; the deepest by default.
+        channels: Width of the ASPP and of its output.
+        rates: Atrous rates; by default DeepLabV3's, scaled to the level's reduction.
+        separable: Depthwise-separable atrous convolutions.
+        dropout: Dropout after the ASPP projection.
+
+    Attributes:
+        channels: Channels of the output.
+        reduction: Reduction of the output (that of the level read).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        *,
+        in_index: int = -1,
+        channels: int = 256,
+        rates: Sequence[int] | None = None,
+        separable: bool = False,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(in_index=in_index, num_levels=len(in_channels))
+        if channels < 1:
+            raise ValueError(f"shared trunk channels must be >= 1, got {channels}")
+        self.channels, self.reduction = channels, reductions[in_index]
+        rates = rates or default_rates(self.reduction)
+        self.aspp = ASPP(in_channels[in_index], channels, rates, separable=separable, dropout=dropout)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.aspp(self.select(features))

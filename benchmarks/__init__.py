@@ -1,0 +1,1 @@
+"""The side-by-side benchmark: ``python -m benchmarks.run [--quick] [--out results.json]`` (see README.md here)."""
