@@ -81,7 +81,7 @@ def _train_steps(recipe_path: str, overrides: list[str], model_checkpointing: bo
         batch = default_collate(trainer.train_set.__getitems__(list(range(size.batch))))
 
         def step() -> None:
-            trainer._train_step(batch)
+            trainer.train_step(batch)
 
         times = []
         for index in range(size.warmup + size.steps):

@@ -238,7 +238,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
         for batch in self.train_loader:
             started = time.perf_counter()
-            losses = self._train_step(batch)
+            losses = self.train_step(batch)
             self.train_seconds += time.perf_counter() - started
             self.timed_steps += 1
             self.step += 1
@@ -260,7 +260,8 @@ class Trainer:
         elif self.step >= self.total_steps:
             self._evaluate_and_save()
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimizer step on a loader batch; the task losses, or None when the step was skipped."""
         cfg = self.recipe.train
         batch = self.augment(to_device(batch, self.device, cfg.channels_last))
         # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
