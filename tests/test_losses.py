@@ -22,7 +22,8 @@ def normals_map(*vectors: tuple[float, float, float]) -> torch.Tensor:
 def test_registry_holds_every_loss_with_its_kind():
     kinds = {name: LOSSES.build({"type": name}).kind for name in LOSSES.names()}
     assert kinds == {
-        "berhu": "depth", "cosine": "normals", "cross_entropy": "segmentation", "l1": "depth", "silog": "depth",
+        "berhu": "depth", "cosine": "normals", "cross_entropy": "segmentation", "l1": "depth", "log_l1": "depth",
+        "silog": "depth",
     }
     with pytest.raises(ValueError, match="did you mean 'silog'"):
         LOSSES.build({"type": "silogg"})
@@ -90,6 +91,17 @@ def test_l1_is_the_masked_mean():
     assert LOSSES.build({"type": "l1"})(pred, target).item() == pytest.approx(0.75)
 
 
+def test_log_l1_hand_computed_and_clamped():
+    pred = depth_map(2.0, 1.0, 3.0, 0.0)
+    target = depth_map(1.0, 4.0, 0.0, 2.0)
+    # valid: log 2, log(1/4), and the clamped 0 -> 1e-3 against 2: log(2000)
+    expected = (math.log(2) + math.log(4) + math.log(2000)) / 3
+    assert LOSSES.build({"type": "log_l1"})(pred, target).item() == pytest.approx(expected, rel=1e-5)
+    # a ratio error: twice too far costs as much as half as far, at any distance
+    loss = LOSSES.build({"type": "log_l1"})
+    assert loss(depth_map(20.0), depth_map(10.0)).item() == pytest.approx(loss(depth_map(0.5), depth_map(1.0)).item())
+
+
 def test_silog_hand_computed():
     pred = depth_map(math.e, 1.0, 7.0)
     target = depth_map(1.0, 1.0, 0.0)
@@ -121,7 +133,7 @@ def test_berhu_hand_computed():
     assert torch.allclose(pred.grad.flatten(), torch.tensor([1 / 3, 1 / 3, 5 / 3, 0.0]))
 
 
-@pytest.mark.parametrize("name", ["l1", "silog", "berhu"])
+@pytest.mark.parametrize("name", ["l1", "log_l1", "silog", "berhu"])
 def test_depth_losses_are_zero_with_finite_gradient_for_a_perfect_prediction(name):
     target = depth_map(1.0, 2.0, 0.0, NAN)
     pred = torch.where(torch.isfinite(target) & (target > 0), target, torch.tensor(3.0)).requires_grad_(True)
@@ -177,6 +189,7 @@ def test_check_channels_of_dense_losses(name, fits, misfits):
         ({"type": "silog", "variance_focus": 1.2}, "silog variance_focus must lie in \\[0.0, 1.0\\], got 1.2"),
         ({"type": "silog", "scale": 0.0}, "silog scale must lie in \\(0.0, inf\\], got 0.0"),
         ({"type": "silog", "min_depth": NAN}, "silog min_depth must be a finite number, got nan"),
+        ({"type": "log_l1", "min_depth": 0.0}, "log_l1 min_depth must lie in \\(0.0, inf\\], got 0.0"),
         ({"type": "silog", "scale": "10"}, "silog scale must be a finite number, got '10'"),
         ({"type": "berhu", "threshold": 0.0}, "berhu threshold must lie in \\(0.0, 1.0\\], got 0.0"),
         ({"type": "berhu", "threshold": math.inf}, "berhu threshold must be a finite number, got inf"),

@@ -3,10 +3,10 @@
 from multitask_deeplab.heads.aspp import ASPP, DeepLabV3Head, SharedTrunk
 from multitask_deeplab.heads.base import HEADS, RESERVED_HEAD_ARGS, DenseHead
 from multitask_deeplab.heads.deeplabv3plus import DeepLabV3PlusHead
-from multitask_deeplab.heads.depth import DepthHead
+from multitask_deeplab.heads.depth import DepthHead, DepthPlusHead
 from multitask_deeplab.heads.normals import NormalsHead
 
 __all__ = [
-    "ASPP", "HEADS", "RESERVED_HEAD_ARGS", "DeepLabV3Head", "DeepLabV3PlusHead", "DenseHead", "DepthHead", "NormalsHead",
+    "ASPP", "HEADS", "RESERVED_HEAD_ARGS", "DeepLabV3Head", "DeepLabV3PlusHead", "DenseHead", "DepthHead", "DepthPlusHead", "NormalsHead",
     "SharedTrunk",
 ]

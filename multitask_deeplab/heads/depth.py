@@ -1,26 +1,53 @@
-"""A metric depth head: a DeepLabV3-style trunk with one positive output channel."""
+"""Metric depth heads: a DeepLabV3-style trunk or a DeepLabV3+ decoder, with one positive output channel."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from multitask_deeplab.heads.aspp import DeepLabV3Head
 from multitask_deeplab.heads.base import HEADS
+from multitask_deeplab.heads.deeplabv3plus import DeepLabV3PlusHead
 
 ACTIVATIONS = ("softplus", "sigmoid")
 
 
-@HEADS.register("depth")
-class DepthHead(DeepLabV3Head):
-    """Predicts depth in metres, made positive after upsampling.
+class PositiveDepth(nn.Module):
+    """Maps a head's raw upsampled output to depth in metres.
 
     Args:
-        in_channels, reductions, out_channels: Passed by the model (out_channels is 1).
         activation: ``"softplus"`` (unbounded, + ``min_depth``) or ``"sigmoid"`` (scaled to ``max_depth``).
         min_depth: Smallest depth the head can output, in metres.
         max_depth: Largest depth for the sigmoid activation, in metres.
+    """
+
+    def __init__(self, activation: str = "softplus", min_depth: float = 1e-3, max_depth: float = 10.0) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"depth activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if not 0 <= min_depth < max_depth:
+            raise ValueError(f"depth head needs 0 <= min_depth < max_depth, got {min_depth} and {max_depth}")
+        self.activation = activation
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
+        if self.activation == "sigmoid":
+            return self.min_depth + torch.sigmoid(output) * (self.max_depth - self.min_depth)
+        return self.min_depth + F.softplus(output)
+
+
+@HEADS.register("depth")
+class DepthHead(DeepLabV3Head):
+    """Predicts depth in metres from one feature level, made positive after upsampling.
+
+    Args:
+        in_channels, reductions, out_channels: Passed by the model (out_channels is 1).
+        activation, min_depth, max_depth: As for :class:`PositiveDepth`.
         in_index, channels, rates, separable, dropout, trunk: As for ``deeplabv3``.
     """
 
@@ -40,19 +67,42 @@ class DepthHead(DeepLabV3Head):
         dropout: float = 0.5,
         trunk: str = "aspp",
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"depth activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        if not 0 <= min_depth < max_depth:
-            raise ValueError(f"depth head needs 0 <= min_depth < max_depth, got {min_depth} and {max_depth}")
+        to_depth = PositiveDepth(activation, min_depth, max_depth)
         super().__init__(
             in_channels, reductions, out_channels,
             in_index=in_index, channels=channels, rates=rates, separable=separable, dropout=dropout, trunk=trunk,
         )
-        self.activation = activation
-        self.min_depth = min_depth
-        self.max_depth = max_depth
+        self.to_depth = to_depth
 
     def finalize(self, output: torch.Tensor) -> torch.Tensor:
-        if self.activation == "sigmoid":
-            return self.min_depth + torch.sigmoid(output) * (self.max_depth - self.min_depth)
-        return self.min_depth + F.softplus(output)
+        return self.to_depth(output)
+
+
+@HEADS.register("depthplus")
+class DepthPlusHead(DeepLabV3PlusHead):
+    """Predicts depth in metres through a DeepLabV3+ decoder (ASPP + stride-4 skip): sharper depth edges.
+
+    Args:
+        in_channels, reductions, out_channels: Passed by the model (out_channels is 1).
+        activation, min_depth, max_depth: As for :class:`PositiveDepth`.
+        decoder: The ``deeplabv3plus`` arguments (in_index, low_level_index, channels, low_level_channels, rates,
+            separable, dropout).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        out_channels: int = 1,
+        *,
+        activation: str = "softplus",
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        **decoder: Any,
+    ) -> None:
+        to_depth = PositiveDepth(activation, min_depth, max_depth)
+        super().__init__(in_channels, reductions, out_channels, **decoder)
+        self.to_depth = to_depth
+
+    def finalize(self, output: torch.Tensor) -> torch.Tensor:
+        return self.to_depth(output)

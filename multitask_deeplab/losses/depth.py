@@ -41,6 +41,27 @@ class L1DepthLoss(DepthLoss):
         return (pred - target).abs().mean()
 
 
+@LOSSES.register("log_l1")
+class LogL1DepthLoss(DepthLoss):
+    """Mean absolute error of log depth over valid pixels: a relative error, so near and far count alike.
+
+    ``mean |log(pred) - log(target)|``; it punishes a wrong global scale (unlike ``silog`` at full variance
+    focus) and reads each pixel's error as a ratio, the way AbsRel and the δ thresholds do.
+
+    Args:
+        min_depth: Predictions are clamped to at least this many metres before the log.
+    """
+
+    name = "log_l1"
+
+    def __init__(self, *, min_depth: float = 1e-3) -> None:
+        super().__init__()
+        self.min_depth = check_number(self.name, "min_depth", min_depth, low=0.0, low_open=True)
+
+    def reduce(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(pred.clamp_min(self.min_depth)) - torch.log(target)).abs().mean()
+
+
 @LOSSES.register("silog")
 class SILogLoss(DepthLoss):
     """Scale-invariant log loss in the form of BTS (Lee et al. 2019) and AdaBins (Bhat et al. 2021).
