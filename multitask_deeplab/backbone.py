@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +129,29 @@ def checkpoint(module: nn.Module, *args: Any) -> Any:
     if torch.compiler.is_compiling():
         return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
     return torch.utils.checkpoint.checkpoint(
-        module, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _frozen_norm_stats(module))
+        module, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _FrozenNormStats(module))
     )
 
 
-@contextlib.contextmanager
-def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
-    """Batch norms in ``module`` normalise with batch statistics but do not update their running ones."""
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, count) in zip(norms, saved):
+class _FrozenNormStats:
+    """Batch norms in ``module`` normalise with batch statistics but do not update their running ones.
+
+    Re-enterable: a checkpointed module is recomputed once per backward pass through it, and gradient-level
+    weightings take one backward pass per task.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.saved: list[list[tuple[_BatchNorm, float | None, torch.Tensor]]] = []
+
+    def __enter__(self) -> None:
+        norms = [m for m in self.module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+        self.saved.append([(m, m.momentum, m.num_batches_tracked.clone()) for m in norms])
+        for m in norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc_info: object) -> None:
+        for m, momentum, count in self.saved.pop():
             m.momentum = momentum
             m.num_batches_tracked.copy_(count)
 

@@ -4,9 +4,9 @@ import torch
 from multitask_deeplab.backbone import TimmBackbone
 from multitask_deeplab.heads import HEADS, DenseHead
 from multitask_deeplab.heads.aspp import ASPP, default_rates
-from multitask_deeplab.model import MultiTaskModel
+from multitask_deeplab.model import MultiTaskModel, SharedFeatures
 
-HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "normals": 3}
+HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "depthplus": 1, "normals": 3}
 SMALL = {"channels": 16}
 
 
@@ -54,8 +54,47 @@ def test_odd_sizes_and_batch_of_one_in_eval(size):
 
 def test_output_activations():
     outputs = build("resnet18", 16).predict(torch.rand(2, 3, 40, 40))
-    assert (outputs["depth"] > 0).all()
+    assert (outputs["depth"] > 0).all() and (outputs["depthplus"] > 0).all()
     torch.testing.assert_close(outputs["normals"].norm(dim=1), torch.ones(2, 40, 40))
+
+
+@pytest.mark.parametrize("head_type", ["depth", "depthplus"])
+def test_depth_heads_share_their_output_range_and_its_checks(head_type):
+    backbone = TimmBackbone("resnet18", output_stride=16)
+    args = dict(in_channels=backbone.channels, reductions=backbone.reductions, out_channels=1)
+    head = HEADS.build({"type": head_type, "activation": "sigmoid", "min_depth": 0.5, "max_depth": 4.0, **SMALL}, **args)
+    depth = head.finalize(torch.tensor([-1e4, 0.0, 1e4]))
+    torch.testing.assert_close(depth, torch.tensor([0.5, 2.25, 4.0]))
+    with pytest.raises(ValueError, match="depth activation must be one of softplus, sigmoid, got 'relu'"):
+        HEADS.build({"type": head_type, "activation": "relu"}, **args)
+    with pytest.raises(ValueError, match="0 <= min_depth < max_depth, got 5.0 and 4.0"):
+        HEADS.build({"type": head_type, "min_depth": 5.0, "max_depth": 4.0}, **args)
+
+
+@pytest.mark.parametrize("trunk", [False, True], ids=["backbone", "shared_trunk"])
+def test_return_features_gives_the_same_outputs_from_detached_leaves(trunk):
+    model = shared_trunk_model() if trunk else build("resnet18", 16, ["deeplabv3plus", "depth"])
+    model.eval()
+    image = torch.rand(2, 3, 32, 32)
+    plain = model(image)
+    outputs, shared = model(image, return_features=True)
+    assert isinstance(shared, SharedFeatures) and len(shared.leaves) == len(shared.tensors) == 5 + trunk
+    for task, output in plain.items():
+        torch.testing.assert_close(outputs[task], output, rtol=0, atol=0)
+    for leaf, tensor in zip(shared.leaves, shared.tensors):
+        assert leaf.is_leaf and leaf.requires_grad and tensor.grad_fn is not None
+        assert torch.equal(leaf, tensor)
+    # The losses stop at the leaves; backpropagating their direct partials into the tensors once gives the
+    # plain forward's gradients.
+    sum(o.mean() for o in outputs.values()).backward()
+    assert all(p.grad is None for p in model.shared_parameters())
+    partials = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in shared.leaves]
+    torch.autograd.backward(shared.tensors, grad_tensors=partials)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    sum(o.mean() for o in plain.values()).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
 
 
 def test_predict_runs_under_inference_mode():
@@ -136,15 +175,16 @@ def test_shared_trunk_runs_once_and_counts_as_shared():
     model = shared_trunk_model()
     calls = []
     model.trunk.register_forward_hook(lambda *args: calls.append(1))
-    outputs, features = model(torch.rand(2, 3, 64, 48), return_features=True)
+    image = torch.rand(2, 3, 64, 48)
+    outputs, features = model(image, return_features=True)
     assert len(calls) == 1
     assert outputs["seg"].shape == (2, 4, 64, 48) and outputs["depth"].shape == (2, 1, 64, 48)
-    assert features[-1].shape == (2, 16, 4, 3)  # the trunk's output, read by the heads as the last level
+    assert features.tensors[-1].shape == (2, 16, 4, 3)  # the trunk's output, read by the heads as the last level
     shared = {id(p) for p in model.shared_parameters()}
     assert {id(p) for p in model.trunk.parameters()} <= shared
     assert {id(p) for p in model.backbone.parameters()} <= shared
     assert not shared & {id(p) for p in model.heads.parameters()}
-    sum(o.mean() for o in outputs.values()).backward()
+    sum(o.mean() for o in model(image).values()).backward()
     assert all(p.grad is not None for p in model.trunk.parameters())
 
 
@@ -180,20 +220,42 @@ tasks:
 # ------------------------------------------------------------------------------------ gradient checkpointing
 
 
-def test_grad_checkpointing_gives_the_same_step_and_updates_batch_norm_once():
+def plain_and_checkpointed() -> tuple[MultiTaskModel, MultiTaskModel]:
+    """Two models with the same weights, the second with gradient checkpointing."""
     torch.manual_seed(0)
     plain = build("resnet18", 8, ["deeplabv3", "depth"])
     checkpointed = build("resnet18", 8, ["deeplabv3", "depth"])
     checkpointed.load_state_dict(plain.state_dict())
     checkpointed.set_grad_checkpointing(True)
-    image = torch.rand(2, 3, 48, 48)
-    for model in (plain, checkpointed):
-        torch.manual_seed(1)  # the same dropout masks
-        sum(o.square().mean() for o in model(image).values()).backward()
+    return plain, checkpointed
+
+
+def assert_same_gradients_and_buffers(plain: MultiTaskModel, checkpointed: MultiTaskModel) -> None:
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     for (name, b), c in zip(plain.named_buffers(), checkpointed.buffers()):
         torch.testing.assert_close(c, b, msg=name)  # running statistics and batch counters
+
+
+def test_grad_checkpointing_gives_the_same_step_and_updates_batch_norm_once():
+    plain, checkpointed = plain_and_checkpointed()
+    image = torch.rand(2, 3, 48, 48)
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # the same dropout masks
+        sum(o.square().mean() for o in model(image).values()).backward()
+    assert_same_gradients_and_buffers(plain, checkpointed)
     with torch.no_grad():
         checkpointed(image)  # no_grad and eval forwards skip checkpointing
     assert checkpointed.predict(image)["deeplabv3"].shape == (2, 4, 48, 48)
+
+
+def test_grad_checkpointing_survives_one_backward_per_task():
+    # Gradient-level weightings take one backward pass per task: each recomputes the checkpointed modules.
+    plain, checkpointed = plain_and_checkpointed()
+    image = torch.rand(2, 3, 48, 48)
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)
+        losses = [o.square().mean() for o in model(image).values()]
+        for index, loss in enumerate(losses):
+            loss.backward(retain_graph=index < len(losses) - 1)
+    assert_same_gradients_and_buffers(plain, checkpointed)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multitask_deeplab.model import SharedFeatures, create_model
 from multitask_deeplab.weighting import WEIGHTINGS, Weighting
 from multitask_deeplab.weighting.gradients import all_reduce_grads_, all_reduce_mean_
 from multitask_deeplab.weighting.solvers import (
@@ -34,29 +35,35 @@ def build(name: str, tasks: list[str] = TASKS, **args: object) -> Weighting:
 
 
 class TinyNet(nn.Module):
-    """A two-layer conv trunk and a segmentation + a depth head."""
+    """A two-layer conv trunk and a segmentation + a depth head; like ``MultiTaskModel``, the heads read a
+    detached leaf of the shared feature with ``return_features=True``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
         self.heads = nn.ModuleDict({"seg": nn.Conv2d(4, 3, 1), "depth": nn.Conv2d(4, 1, 1)})
 
-    def forward(self, image: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        features = self.trunk(image)
-        return [features], {task: head(features) for task, head in self.heads.items()}
+    def forward(self, image: Tensor, *, return_features: bool = False):
+        features = [self.trunk(image)]
+        read = [f.detach().requires_grad_() for f in features] if return_features else features
+        outputs = {task: head(read[0]) for task, head in self.heads.items()}
+        return (outputs, SharedFeatures(features, read)) if return_features else outputs
 
 
-def make_batch(size: int = 4, seed: int = 0) -> dict[str, Tensor]:
+def make_batch(size: int = 4, seed: int = 0, side: int = 8) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "image": torch.rand(size, 3, 8, 8, generator=g),
-        "seg": torch.randint(0, 3, (size, 8, 8), generator=g),
-        "depth": torch.rand(size, 1, 8, 8, generator=g) * 5,
+        "image": torch.rand(size, 3, side, side, generator=g),
+        "seg": torch.randint(0, 3, (size, side, side), generator=g),
+        "depth": torch.rand(size, 1, side, side, generator=g) * 5,
     }
 
 
-def task_losses(model: nn.Module, batch: dict[str, Tensor], *, empty_depth: bool = False):
-    features, out = model(batch["image"])
+def task_losses(
+    model: nn.Module, batch: dict[str, Tensor], *, return_features: bool = False, empty_depth: bool = False
+) -> tuple[SharedFeatures | None, dict[str, Tensor]]:
+    out = model(batch["image"], return_features=return_features)
+    out, features = out if return_features else (out, None)
     depth = out["depth"].sum() * 0.0 if empty_depth else F.l1_loss(out["depth"], batch["depth"])
     return features, {"seg": F.cross_entropy(out["seg"], batch["seg"]), "depth": depth}
 
@@ -67,7 +74,7 @@ def train_step(
     """One backward (and FAMO's post-step hook); ``net`` runs the forward (a DDP wrapper of ``model``)."""
     net = net or model
     model.zero_grad(set_to_none=True)
-    features, losses = task_losses(net, batch, empty_depth=empty_depth)
+    features, losses = task_losses(net, batch, return_features=strategy.needs_features, empty_depth=empty_depth)
     strategy.backward(
         losses,
         shared_parameters=list(model.trunk.parameters()),
@@ -88,8 +95,10 @@ def linear_step(
     theta = nn.Parameter(torch.zeros(grads.shape[1] if mixing is None else mixing.shape[1]))
     heads = [nn.Parameter(torch.zeros(())) for _ in grads]
     feature = theta * 1.0 if mixing is None else mixing @ theta
-    losses = {f"t{i}": g @ feature + 2.0 * h + 1.0 for i, (g, h) in enumerate(zip(grads, heads))}
-    strategy.backward(losses, shared_parameters=[theta], head_parameters=heads, features=[feature], scaler=scaler)
+    shared = SharedFeatures([feature], [feature.detach().requires_grad_()])
+    read = shared.leaves[0] if strategy.needs_features else feature
+    losses = {f"t{i}": g @ read + 2.0 * h + 1.0 for i, (g, h) in enumerate(zip(grads, heads))}
+    strategy.backward(losses, shared_parameters=[theta], head_parameters=heads, features=shared, scaler=scaler)
     return theta.grad, [h.grad for h in heads]
 
 
@@ -132,6 +141,8 @@ def test_registry_holds_every_strategy() -> None:
     for name in LOSS_LEVEL:
         assert not build(name).reduces_gradients_itself
     assert [n for n in WEIGHTINGS.names() if build(n).needs_post_step_losses] == ["famo"]
+    assert [n for n in WEIGHTINGS.names() if build(n).needs_features] == ["mgda"]
+    assert not build("mgda", mode="params").needs_features
 
 
 @pytest.mark.parametrize("name", sorted(GRADIENT_LEVEL + LOSS_LEVEL))
@@ -395,6 +406,42 @@ def test_mgda_l2_normalisation_ignores_gradient_scale() -> None:
     unit = list(strategy.task_weights().values())
     linear_step(strategy, grads * torch.tensor([[1.0], [10.0], [0.1]]))
     assert list(strategy.task_weights().values()) == pytest.approx(unit, rel=1e-5)
+
+
+@pytest.mark.parametrize("trunk", [False, True], ids=["deeplabv3plus", "shared_trunk"])
+def test_mgda_features_mode_backpropagates_each_backbone_path_once(trunk: bool) -> None:
+    """MGDA-UB's backbone gradients are those of ``sum_t alpha_t L_t`` (heads: of ``sum_t L_t``), even when a head
+    reads two nested levels (deeplabv3plus: the stride-4 skip and the deepest level) or the heads read a shared
+    trunk computed from the backbone's levels; ``alpha`` is the min-norm point of the direct partials."""
+    torch.manual_seed(0)
+    common = {"channels": 8, "trunk": "light"} if trunk else {"channels": 8}
+    seg = {"type": "deeplabv3"} if trunk else {"type": "deeplabv3plus", "low_level_channels": 8}
+    heads = {"seg": {**seg, **common, "out_channels": 3}, "depth": {"type": "depth", **common, "out_channels": 1}}
+    model = create_model("resnet18", output_stride=16, shared_trunk={"channels": 8} if trunk else None, heads=heads)
+    model.eval()  # fixed batch norm: every forward computes the same function
+    batch = make_batch(size=2, seed=3, side=32)
+    shared_params, head_params = model.shared_parameters(), list(model.heads.parameters())
+
+    strategy = build("mgda")
+    shared, losses = task_losses(model, batch, return_features=True)
+    strategy.backward(losses, shared_parameters=shared_params, head_parameters=head_params, features=shared)
+    grads = [p.grad.clone() for p in [*shared_params, *head_params]]
+    alpha = torch.tensor(list(strategy.task_weights().values()))
+
+    shared, losses = task_losses(model, batch, return_features=True)
+    partials = torch.stack([
+        torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared.leaves, materialize_grads=True)])
+        for loss in losses.values()
+    ])
+    assert 0.01 < alpha[0] < 0.99  # the min-norm point lies inside the simplex: both tasks count
+    torch.testing.assert_close(alpha, exact_min_norm((partials @ partials.T).double()).float(), rtol=1e-4, atol=1e-6)
+
+    model.zero_grad(set_to_none=True)
+    _, losses = task_losses(model, batch)
+    torch.autograd.backward(alpha @ torch.stack(list(losses.values())), inputs=shared_params, retain_graph=True)
+    torch.autograd.backward(sum(losses.values()), inputs=head_params)
+    for ours, reference in zip(grads, [p.grad for p in [*shared_params, *head_params]]):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-7)
 
 
 def test_min_norm_solver_matches_brute_force_on_random_problems() -> None:

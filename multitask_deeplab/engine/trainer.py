@@ -266,9 +266,11 @@ class Trainer:
         batch = self.augment(to_device(batch, self.device, cfg.channels_last))
         # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
         separate = self.info.enabled and self.weighting.reduces_gradients_itself
+        needs_features = self.weighting.needs_features
         with self.model.no_sync() if separate else contextlib.nullcontext():
             with autocast(self.device, cfg.amp):
-                outputs, features = self.model(batch["image"], return_features=True)
+                result = self.model(batch["image"], return_features=needs_features)
+            outputs, features = result if needs_features else (result, None)
             losses = self._losses(outputs, batch)
             # Every process learns which tasks went non-finite anywhere, so all skip (or stop) together.
             finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()])

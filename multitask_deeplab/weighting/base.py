@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,9 @@ from multitask_deeplab.weighting.gradients import (
     task_gradients,
     unflatten,
 )
+
+if TYPE_CHECKING:
+    from multitask_deeplab.model import SharedFeatures
 
 WEIGHTINGS: Registry = Registry("weighting")
 
@@ -58,6 +61,11 @@ class Weighting(nn.Module):
         self.register_buffer("weights", torch.ones(len(names)))
 
     @property
+    def needs_features(self) -> bool:
+        """True when :meth:`backward` needs ``features``: the model must run with ``return_features=True``."""
+        return False
+
+    @property
     def num_tasks(self) -> int:
         """The number of tasks K."""
         return len(self.task_names)
@@ -81,7 +89,7 @@ class Weighting(nn.Module):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         """Backpropagates the step's task losses into ``.grad`` of every parameter.
@@ -90,7 +98,8 @@ class Weighting(nn.Module):
             losses: ``{task: scalar loss}``, unweighted, float32, with their autograd graphs.
             shared_parameters: The backbone's parameters that require grad.
             head_parameters: Every other model parameter that requires grad (the task heads).
-            features: The backbone's output features (used by MGDA-UB).
+            features: The model's shared features, ``model(image, return_features=True)[1]``, when
+                :attr:`needs_features` (the heads then read its detached ``leaves``); ``None`` otherwise.
             scaler: A ``torch.amp.GradScaler`` or ``None``; gradients written are scaled like ``scaler.scale``.
         """
         raise NotImplementedError
@@ -141,7 +150,7 @@ class LossWeighting(Weighting):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         total = self.combine(self.stack(losses))
@@ -185,7 +194,7 @@ class GradientWeighting(Weighting):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         vector = self.stack(losses)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,6 +27,9 @@ from multitask_deeplab.weighting.solvers import (
     nash_coefficients,
     pcgrad_projection,
 )
+
+if TYPE_CHECKING:
+    from multitask_deeplab.model import SharedFeatures
 
 
 def _choice(name: str, value: object, choices: Sequence[object]) -> None:
@@ -60,11 +63,15 @@ class MGDA(GradientWeighting):
 
     The shared update is the min-norm point of the convex hull of the task gradients (weights summing to 1),
     found by Frank-Wolfe (:func:`min_norm_coefficients`). With ``mode="features"`` (MGDA-UB, the paper's
-    upper-bound variant; the default) the weights come from the gradients w.r.t. the backbone's output
-    ``features`` and the backbone then takes one backward of ``sum_t alpha_t dL_t/dfeatures``; under DDP the
-    per-process Gram matrices are averaged (the global one up to a factor, which the min-norm weights do not
-    depend on) and the backbone's gradients are averaged after. ``mode="params"`` uses the gradients w.r.t.
-    the shared parameters. ``normalization`` divides each gradient before the solve, as in the authors' code:
+    upper-bound variant; the default) the weights come from the gradients w.r.t. the shared features, the
+    :class:`~multitask_deeplab.model.SharedFeatures` that ``model(image, return_features=True)`` returns and
+    ``backward`` takes as ``features``. The heads read its detached ``leaves``, so ``dL_t/dleaves`` are the
+    direct partials of each level (a total derivative w.r.t. a level would also contain the paths through the
+    deeper levels computed from it, and count them twice); the backbone then takes one backward of
+    ``sum_t alpha_t dL_t/dleaves`` from the graph-connected ``tensors``. Under DDP the per-process Gram
+    matrices are averaged (the global one up to a factor, which the min-norm weights do not depend on) and the
+    backbone's gradients are averaged after. ``mode="params"`` uses the gradients w.r.t. the shared
+    parameters. ``normalization`` divides each gradient before the solve, as in the authors' code:
     "none", "l2" (by its norm), "loss" (by the loss) or "loss+" (by loss times norm); as there, the weights
     then apply to the raw task gradients.
 
@@ -79,6 +86,10 @@ class MGDA(GradientWeighting):
         _choice("normalization", normalization, ("none", "l2", "loss", "loss+"))
         self.mode = mode
         self.normalization = normalization
+
+    @property
+    def needs_features(self) -> bool:
+        return self.mode == "features"
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
         norms = gram.diagonal().sqrt()
@@ -96,7 +107,7 @@ class MGDA(GradientWeighting):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if self.mode == "params":
@@ -104,17 +115,18 @@ class MGDA(GradientWeighting):
                 losses, shared_parameters=shared_parameters, head_parameters=head_parameters, scaler=scaler
             )
             return
-        if not features:
+        if features is None:
             raise ValueError(
-                "mgda with mode='features' needs the backbone's output features; pass features=... or use mode='params'"
+                "mgda with mode='features' needs the backbone's output features: pass "
+                "features=model(image, return_features=True)[1], or use mode='params'"
             )
-        features = list(features)
         vector = self.stack(losses)
         scaled, scale = scale_losses(vector, scaler)
-        grads = task_gradients(scaled, features, head_parameters=head_parameters, keep_graph=True)
+        # The heads' graph ends at the leaves; the backbone's graph is still intact for the backward below.
+        grads = task_gradients(scaled, features.leaves, head_parameters=head_parameters)
         coefs = self.coefficients(all_reduce_mean_(grads @ grads.T), vector.detach(), scale)
-        combined = unflatten(coefs @ grads, features)
-        torch.autograd.backward(features, grad_tensors=combined, inputs=list(shared_parameters))
+        combined = unflatten(coefs @ grads, features.tensors)
+        torch.autograd.backward(features.tensors, grad_tensors=combined, inputs=list(shared_parameters))
         all_reduce_grads_(shared_parameters)
         all_reduce_grads_(head_parameters)
 
@@ -234,7 +246,7 @@ class NashMTL(GradientWeighting):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         update = self.step.item() % self.update_weights_every == 0

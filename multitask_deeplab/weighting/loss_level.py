@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,9 @@ from multitask_deeplab.losses.base import check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, LossWeighting, SeededMixin
 from multitask_deeplab.weighting.gradients import all_reduce_mean_, scale_losses, task_gradients
 from multitask_deeplab.weighting.solvers import adam_step_
+
+if TYPE_CHECKING:
+    from multitask_deeplab.model import SharedFeatures
 
 
 @WEIGHTINGS.register("fixed")
@@ -175,7 +178,7 @@ class GradNorm(LossWeighting):
         *,
         shared_parameters: Sequence[Tensor],
         head_parameters: Sequence[Tensor],
-        features: Sequence[Tensor] | None = None,
+        features: SharedFeatures | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         vector = self.stack(losses)
