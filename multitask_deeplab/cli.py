@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 from multitask_deeplab.cli_predict import add_commands
@@ -44,21 +45,24 @@ def _baselines(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.components import REGISTRIES
     from multitask_deeplab.engine.evaluate import task_metrics
-    from multitask_deeplab.engine.sweep import format_sweep, sweep
+    from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
 
     recipe = _load_checked(args)
-    for strategy in args.weightings:
-        REGISTRIES["weightings"].get(strategy)
-    rows = sweep(recipe, args.weightings, show_progress=not args.no_progress)
+    registry = REGISTRIES["weightings"]
+    # "all": every registered strategy, fixed first so the others' cost reads against it.
+    strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
+    for strategy in strategies:
+        registry.get(strategy)
+    rows = sweep(recipe, strategies, show_progress=not args.no_progress)
     columns = [f"{name}.{task_metrics({name: task})[name].PRIMARY}" for name, task in recipe.tasks.items()]
+    table = format_sweep(rows, columns)
     print("val-split metrics of each final model (the test split is never used for selection):")
-    print(format_sweep(rows, columns))
+    print(table)
+    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table)}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
     from multitask_deeplab.engine.checkpoint import atomic_write
     from multitask_deeplab.engine.delta_m import recipe_delta_m
@@ -145,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies, print one table")
     sweep.add_argument("recipe")
     sweep.add_argument("overrides", nargs="*")
-    sweep.add_argument("--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME")
+    sweep.add_argument(
+        "--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME",
+        help="strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column)",
+    )
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(run=_sweep)
 

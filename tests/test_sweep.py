@@ -31,6 +31,14 @@ def test_every_strategy_trains_two_steps(recipe_file, tmp_path, strategy):
     assert {"weight.seg", "weight.depth"} <= row.keys(), "task weights are logged"
 
 
+@pytest.mark.parametrize("strategy", ["mgda", "imtl"])
+def test_gradient_level_strategies_train_with_grad_checkpointing(recipe_file, tmp_path, strategy):
+    out = tmp_path / strategy
+    args = [*FAST, f"weighting.type={strategy}", "train.grad_checkpointing=true", f"train.output_dir={out}", "--no-progress"]
+    assert main(["train", str(recipe_file), *args]) == 0
+    assert (out / "last.pt").is_file()
+
+
 def test_baselines_then_sweep_reports_delta_m(recipe_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["baselines", str(recipe_file), *FAST, f"train.output_dir={out}", "--no-progress"]) == 0
@@ -45,10 +53,22 @@ def test_baselines_then_sweep_reports_delta_m(recipe_file, tmp_path, capsys):
     assert main(["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--weightings", "fixed", "pcgrad", "--no-progress"]) == 0
     table = capsys.readouterr().out
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| weighting | seg.miou | depth.abs_rel | Δm % | s/step |")
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["fixed", "pcgrad"]
-    assert all(line.split("|")[4].strip() not in ("", "n/a") for line in lines[1:]), "Δm is reported against the baselines"
+    assert lines[0] == "| weighting | seg.miou | depth.abs_rel | Δm % | s/step | × fixed |"
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
+    assert [row[0] for row in cells] == ["fixed", "pcgrad"]
+    assert all(row[3] not in ("", "n/a") for row in cells), "Δm is reported against the baselines"
+    assert cells[0][5] == "1.00" and float(cells[1][5]) == pytest.approx(float(cells[1][4]) / float(cells[0][4]), abs=0.02)
     assert "test split never" in table
+    assert (out / "sweep" / "sweep.md").read_text().strip() in table, "the printed table is saved"
+    rows = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [row["weighting"] for row in rows] == ["fixed", "pcgrad"] and "seg.pixel_acc" in rows[0]
+
+
+def test_sweep_all_trains_every_strategy_fixed_first(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--weightings", "all", "--no-progress"]) == 0
+    rows = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [row["weighting"] for row in rows] == ["fixed", *(name for name in WEIGHTINGS.names() if name != "fixed")]
 
 
 def test_sweep_rejects_an_unknown_strategy_before_training(recipe_file, tmp_path, capsys):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from multitask_deeplab.engine.checkpoint import atomic_write
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.recipe import Recipe
@@ -54,11 +56,24 @@ def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = Tr
 
 
 def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[str]) -> str:
-    """A markdown table of sweep rows over the given metric columns, plus Δm and time per step."""
-    header = ["weighting", *columns, "Δm %", "s/step"]
+    """A markdown table of sweep rows over the given metric columns, plus Δm and time per step.
+
+    When ``fixed`` is among the rows, a last column gives each strategy's time per step relative to it.
+    """
+    reference = next((row["seconds_per_step"] for row in rows if row["weighting"] == "fixed"), None)
+    header = ["weighting", *columns, "Δm %", "s/step", *(["× fixed"] if reference else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         delta = "n/a" if row["delta_m"] is None else f"{row['delta_m']:+.2f}"
         cells = [str(row["weighting"]), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
+        if reference:
+            cells.append(f"{row['seconds_per_step'] / reference:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def save_sweep(folder: Path, rows: list[dict[str, float | str | None]], table: str) -> Path:
+    """Writes the table (``sweep.md``) and every row with all its metrics (``sweep.json``); returns the table's path."""
+    atomic_write(folder / "sweep.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
+    atomic_write(folder / "sweep.md", lambda temp: temp.write_text(table + "\n"))
+    return folder / "sweep.md"
