@@ -92,6 +92,8 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append(_training(results["training"], results["settings"]["device"]))
     if "data" in results:
         parts.append(_data(results["data"], results.get("training")))
+    if "weighting" in results:
+        parts.append(_weighting(results["weighting"], results["settings"]["device"]))
     if "accuracy" in results:
         parts.append(_accuracy(results["accuracy"]))
     rows = [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in results["targets"]]
@@ -175,6 +177,19 @@ def _training(section: dict[str, Any], device: str) -> str:
         "Trainer was built. Step tensors: the most tensor memory one step holds beyond what existed before it."
     )
     return "\n\n".join(parts)
+
+
+def _weighting(section: dict[str, Any], device: str) -> str:
+    memory = "peak RSS MiB" if device == "cpu" else "peak allocated MiB"
+    rows = [
+        [name, r["level"], _s(r["median_s"]), f"{r['time_ratio']:.2f}", f"{r['peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"]
+        for name, r in section["strategies"].items()
+    ]
+    return (
+        f"## 6. Weighting strategies: training step against fixed weights (`{section['recipe']}` at "
+        f"{section['size']}x{section['size']}, batch {section['batch']})\n\n"
+        + _table(["strategy", "level", "step s", "time × fixed", memory, "memory × fixed"], rows)
+    )
 
 
 def _data(section: dict[str, Any], training: dict[str, Any] | None) -> str:

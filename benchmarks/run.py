@@ -29,8 +29,9 @@ from benchmarks.inference import run_multitask, run_seg_only  # noqa: E402
 from benchmarks.measure import matmul_throughput  # noqa: E402
 from benchmarks.settings import Settings  # noqa: E402
 from benchmarks.training import run_accuracy, run_training  # noqa: E402
+from benchmarks.weighting import run_weighting  # noqa: E402
 
-SECTIONS = ("inference", "multitask", "training", "data", "accuracy")
+SECTIONS = ("inference", "multitask", "training", "weighting", "data", "accuracy")
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -64,6 +65,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         "inference": lambda: run_seg_only(settings, rates),
         "multitask": lambda: run_multitask(settings, rates),
         "training": lambda: run_training(settings),
+        "weighting": lambda: run_weighting(settings),
         "data": lambda: run_data(settings),
         "accuracy": lambda: run_accuracy(settings),
     }

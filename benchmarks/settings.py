@@ -41,6 +41,7 @@ class Settings:
         compile: Also measure ``torch.compile`` (slow to compile on a small CPU).
         default_train: The default recipe's step size.
         resnet50_train: The ResNet-50 stride-8 three-task recipe's step size.
+        weighting_train: The default recipe's step size when comparing weighting strategies.
         data_batch: Batch of the rendering and augmentation measurements.
         accuracy_steps: Training steps of each depth-head variant's short accuracy run (0 skips them).
         accuracy_size: Image side of those runs.
@@ -61,11 +62,12 @@ class Settings:
     compile: bool = False
     default_train: TrainSize = TrainSize(size=128, batch=16, warmup=1, steps=3)
     resnet50_train: TrainSize = TrainSize(size=256, batch=8, warmup=1, steps=2)
+    weighting_train: TrainSize = TrainSize(size=112, batch=8, warmup=2, steps=8)
     data_batch: int = 16
     accuracy_steps: int = 150
     accuracy_size: int = 64
     accuracy_samples: int = 8
-    sections: tuple[str, ...] = ("inference", "multitask", "training", "data", "accuracy")
+    sections: tuple[str, ...] = ("inference", "multitask", "training", "weighting", "data", "accuracy")
 
     @classmethod
     def tiny(cls, **changes: object) -> Settings:
@@ -74,6 +76,7 @@ class Settings:
             quick=True, size=64, batches=(1, 2), warmup=1, repeats=2, matmul_size=256, memory_repeats=1,
             default_train=TrainSize(size=32, batch=2, warmup=0, steps=1),
             resnet50_train=TrainSize(size=32, batch=2, warmup=0, steps=1),
+            weighting_train=TrainSize(size=32, batch=2, warmup=0, steps=1),
             data_batch=2, accuracy_steps=2, accuracy_size=32,
         )
         return cls(**{**quick, **changes})

@@ -59,7 +59,7 @@ def training_options(recipe_path: Path, settings: Settings) -> dict[str, list[st
     return options
 
 
-def _base_overrides(size: TrainSize, settings: Settings) -> list[str]:
+def base_overrides(size: TrainSize, settings: Settings) -> list[str]:
     return [
         f"data.height={size.size}", f"data.width={size.size}", "data.num_workers=0", f"train.batch_size={size.batch}",
         "train.channels_last=false", "train.grad_checkpointing=false", "train.compile=false", "train.amp=off",
@@ -67,7 +67,7 @@ def _base_overrides(size: TrainSize, settings: Settings) -> list[str]:
     ]
 
 
-def _train_steps(recipe_path: str, overrides: list[str], model_checkpointing: bool, size: TrainSize, threads: int) -> dict:
+def train_steps(recipe_path: str, overrides: list[str], model_checkpointing: bool, size: TrainSize, threads: int) -> dict:
     """Runs in a fresh process: builds the Trainer, times its training step, profiles one more step."""
     from multitask_deeplab.engine.checkpoint import unwrap
     from multitask_deeplab.engine.trainer import Trainer
@@ -101,7 +101,7 @@ def run_training(settings: Settings) -> dict[str, Any]:
         rows = {}
         for name, overrides in training_options(recipe_path, settings).items():
             row = in_fresh_process(
-                _train_steps, str(recipe_path), [*_base_overrides(size, settings), *overrides], name == MODEL_CHECKPOINTING,
+                train_steps, str(recipe_path), [*base_overrides(size, settings), *overrides], name == MODEL_CHECKPOINTING,
                 size, settings.threads, device=settings.device,
             )
             row["images_per_s"] = size.batch / row["median_s"]

@@ -31,9 +31,13 @@ def test_quick_benchmark_runs_every_section_and_writes_json_and_markdown(tmp_pat
         assert {"baseline", "channels_last", "grad checkpointing (backbone)"} <= set(options)
         assert all(row["images_per_s"] > 0 and row["allocated_peak_mib"] > 0 for row in options.values())
     assert "shared trunk" in results["training"]["gpu_resnet50_seg_depth_normals.yaml"]["options"]
+    strategies = results["weighting"]["strategies"]
+    assert list(strategies)[0] == "fixed" and strategies["fixed"]["time_ratio"] == 1.0
+    assert strategies["pcgrad"]["level"] == "gradient" and strategies["dwa"]["level"] == "loss"
+    assert len(strategies) >= 13 and all(row["median_s"] > 0 and row["peak_mib"] > 0 for row in strategies.values())
     assert results["data"]["render"]["samples_per_s"] > 0
     assert set(results["accuracy"]["variants"]) == set(models) - {"two torchvision models"}
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
     text = out.with_suffix(".md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## Targets"):
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Targets"):
         assert heading in text
