@@ -26,7 +26,7 @@ from helpers_training import (  # noqa: F401
 )
 from multitask_deeplab.cli import main
 from multitask_deeplab.data.loader import ResumableSampler
-from multitask_deeplab.engine.distributed import CpuSyncBatchNorm, DistInfo, convert_sync_batchnorm
+from multitask_deeplab.engine.distributed import CpuSyncBatchNorm, DistInfo, backend_for, convert_sync_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,3 +147,12 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(tmp_p
         steps.add(int(re.search(r"stopped by SIGTERM at step (\d+);", err)[1]))
     (step,) = steps
     assert load(run / "last.pt")["step"] == step and [row["step"] for row in read_steps(run)] == list(range(1, step + 1))
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "backend"),
+    [("cpu", True, "gloo"), ("auto", True, "nccl"), ("cuda:1", True, "nccl"), ("auto", False, "gloo"), ("cpu", False, "gloo")],
+)
+def test_backend_follows_the_training_device(monkeypatch, device, cuda, backend):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert backend_for(device) == backend

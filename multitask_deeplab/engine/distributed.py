@@ -54,14 +54,19 @@ def resolve_device(preference: str, info: DistInfo) -> torch.device:
     return torch.device(preference)
 
 
-def setup_distributed() -> DistInfo:
-    """Joins the process group that ``torchrun`` describes in the environment, if any."""
+def backend_for(device: str) -> str:
+    """The process-group backend for a recipe's ``train.device``: NCCL when training on CUDA, gloo otherwise."""
+    return "gloo" if device == "cpu" or not torch.cuda.is_available() else "nccl"
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Joins the process group that ``torchrun`` describes in the environment, if any, for ``device``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend_for(device)
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)

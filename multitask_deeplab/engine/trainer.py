@@ -103,7 +103,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, *, resume: str | None = None, show_progress: bool = True) -> None:
         self.recipe = recipe
         cfg = recipe.train
-        self.info = setup_distributed()
+        self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.info)
         if cfg.amp != "off" and self.device.type == "cpu":
             print(f"note: train.amp={cfg.amp} on the CPU is for correctness checks only; it is much slower than fp32 here")
