@@ -60,7 +60,7 @@ class Settings:
     matmul_size: int = 2048
     memory_repeats: int = 3
     compile: bool = False
-    default_train: TrainSize = TrainSize(size=128, batch=16, warmup=1, steps=3)
+    default_train: TrainSize = TrainSize(size=112, batch=8, warmup=2, steps=5)
     resnet50_train: TrainSize = TrainSize(size=256, batch=8, warmup=1, steps=2)
     weighting_train: TrainSize = TrainSize(size=112, batch=8, warmup=2, steps=8)
     data_batch: int = 16

@@ -141,4 +141,4 @@ def run_accuracy(settings: Settings) -> dict[str, Any]:
             "seg.miou": metrics["seg.miou"], "depth.abs_rel": metrics["depth.abs_rel"], "depth.delta1": metrics["depth.delta1"],
             "train_s": seconds,
         }
-    return {"steps": steps, "size": settings.accuracy_size, "backbone": "resnet18", "variants": rows}
+    return {"steps": steps, "size": settings.accuracy_size, "backbone": recipe.model.backbone, "variants": rows}
