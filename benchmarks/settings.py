@@ -61,7 +61,7 @@ class Settings:
     memory_repeats: int = 3
     compile: bool = False
     default_train: TrainSize = TrainSize(size=112, batch=8, warmup=2, steps=5)
-    resnet50_train: TrainSize = TrainSize(size=256, batch=8, warmup=1, steps=2)
+    resnet50_train: TrainSize = TrainSize(size=256, batch=16, warmup=1, steps=2)
     weighting_train: TrainSize = TrainSize(size=112, batch=8, warmup=2, steps=8)
     data_batch: int = 16
     accuracy_steps: int = 150
