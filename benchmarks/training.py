@@ -94,25 +94,36 @@ def train_steps(recipe_path: str, overrides: list[str], model_checkpointing: boo
         return {**summary(times), "allocated_peak_bytes": allocated_peak(step, trainer.device)}
 
 
+def measure_step(recipe_path: Path, overrides: list[str], size: TrainSize, settings: Settings, model_checkpointing: bool = False) -> dict:
+    """One configuration's training step in a fresh process: time, images/s and peak memory in MiB."""
+    row = in_fresh_process(
+        train_steps, str(recipe_path), [*base_overrides(size, settings), *overrides], model_checkpointing,
+        size, settings.threads, device=settings.device,
+    )
+    row["images_per_s"] = size.batch / row["median_s"]
+    row["peak_mib"] = row.pop("peak_bytes") / MiB
+    row["allocated_peak_mib"] = row.pop("allocated_peak_bytes") / MiB
+    return row
+
+
+def add_ratios(rows: dict[str, dict], reference: str) -> None:
+    """Adds each row's time and memory (peak, step tensors) as a ratio to the ``reference`` row."""
+    base = rows[reference]
+    for row in rows.values():
+        row["time_ratio"] = row["median_s"] / base["median_s"]
+        row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
+        row["allocated_ratio"] = row["allocated_peak_mib"] / base["allocated_peak_mib"]
+
+
 def run_training(settings: Settings) -> dict[str, Any]:
     """Section 4: each recipe's step time, images/s and peak memory with each option alone."""
     results: dict[str, Any] = {}
     for recipe_path, size in ((DEFAULT_RECIPE, settings.default_train), (RESNET50_RECIPE, settings.resnet50_train)):
-        rows = {}
-        for name, overrides in training_options(recipe_path, settings).items():
-            row = in_fresh_process(
-                train_steps, str(recipe_path), [*base_overrides(size, settings), *overrides], name == MODEL_CHECKPOINTING,
-                size, settings.threads, device=settings.device,
-            )
-            row["images_per_s"] = size.batch / row["median_s"]
-            row["peak_mib"] = row.pop("peak_bytes") / MiB
-            row["allocated_peak_mib"] = row.pop("allocated_peak_bytes") / MiB
-            rows[name] = row
-        base = rows["baseline"]
-        for row in rows.values():
-            row["time_ratio"] = row["median_s"] / base["median_s"]
-            row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
-            row["allocated_ratio"] = row["allocated_peak_mib"] / base["allocated_peak_mib"]
+        rows = {
+            name: measure_step(recipe_path, overrides, size, settings, name == MODEL_CHECKPOINTING)
+            for name, overrides in training_options(recipe_path, settings).items()
+        }
+        add_ratios(rows, "baseline")
         stride = recipe_module.load(recipe_path).model.output_stride
         results[recipe_path.name] = {"size": size.size, "batch": size.batch, "output_stride": stride, "options": rows}
     return results
