@@ -30,6 +30,7 @@ from benchmarks.measure import matmul_throughput  # noqa: E402
 from benchmarks.settings import Settings  # noqa: E402
 from benchmarks.training import run_accuracy, run_training  # noqa: E402
 from benchmarks.weighting import run_weighting  # noqa: E402
+from multitask_deeplab.engine.precision import native_bf16  # noqa: E402
 
 SECTIONS = ("inference", "multitask", "training", "weighting", "data", "accuracy")
 
@@ -54,7 +55,7 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if settings.device.type == "cuda" else {})}
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16(settings.device) else {})}
     matmul = {
         name: matmul_throughput(device=settings.device, dtype=dtype, size=settings.matmul_size, repeats=settings.repeats)
         for name, dtype in dtypes.items()

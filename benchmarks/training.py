@@ -20,6 +20,7 @@ from torch.utils.data import default_collate
 from benchmarks.measure import MiB, allocated_peak, in_fresh_process, summary, synchronize
 from benchmarks.settings import DEFAULT_RECIPE, RESNET50_RECIPE, Settings, TrainSize
 from multitask_deeplab import recipe as recipe_module
+from multitask_deeplab.engine.precision import native_bf16
 
 MODEL_CHECKPOINTING = "grad checkpointing (backbone + heads)"
 _TRUNK_HEADS = ("deeplabv3", "depth", "normals")
@@ -54,7 +55,7 @@ def training_options(recipe_path: Path, settings: Settings) -> dict[str, list[st
         options["shared trunk"] = ["model.shared_trunk={}", *(f"tasks.{name}.head.trunk=light" for name in recipe.tasks)]
     if settings.compile:
         options["torch.compile"] = ["train.compile=true"]
-    if settings.device.type == "cuda":
+    if native_bf16(settings.device):  # what train.amp=auto picks there
         options["bf16 autocast"] = ["train.amp=bf16"]
     return options
 

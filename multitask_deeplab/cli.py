@@ -63,12 +63,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
     from multitask_deeplab.engine.checkpoint import atomic_write
     from multitask_deeplab.engine.delta_m import recipe_delta_m
     from multitask_deeplab.engine.distributed import DistInfo, resolve_device
     from multitask_deeplab.engine.evaluate import evaluate
     from multitask_deeplab.engine.logs import format_table
+    from multitask_deeplab.engine.precision import resolve_amp
     from multitask_deeplab.engine.restore import model_from_checkpoint
 
     device = resolve_device(args.device, DistInfo())
@@ -82,7 +85,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         train=False,
         device=device,
     )
-    metrics = evaluate(model, loader, recipe.tasks, device)
+    channels_last = recipe.train.channels_last  # the trainer's evaluation settings, so its figures come out again
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    metrics = evaluate(model, loader, recipe.tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
     delta = recipe_delta_m(recipe, metrics)
     report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")

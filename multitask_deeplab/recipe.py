@@ -153,7 +153,7 @@ class TrainConfig:
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     poly_power: float = _opt(0.9, gt=0)
     warmup_steps: int = _opt(0, ge=0)
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal["off", "auto", "bf16", "fp16"] = "off"
     grad_clip: float | None = _opt(None, gt=0)
     channels_last: bool = False
     seed: int = _opt(0, ge=0)

@@ -232,7 +232,7 @@ def test_tags_are_refused_without_running_anything(tmp_path: Path) -> None:
 def test_bare_off_in_a_file_explains_the_yaml_boolean() -> None:
     assert error(BASE + "train: {amp: off}\n") == (
         "train.amp: got boolean false (YAML reads a bare off/no as false); "
-        "write 'off' in quotes or use one of 'bf16', 'fp16'"
+        "write 'off' in quotes or use one of 'auto', 'bf16', 'fp16'"
     )
     assert error(BASE + "train: {nonfinite: yes}\n") == (
         "train.nonfinite: got boolean true (YAML reads a bare on/yes as true); use one of 'skip', 'stop'"
@@ -291,7 +291,7 @@ def test_override_errors(override: str, expected: str) -> None:
 def test_overrides_are_validated() -> None:
     assert error(BASE, "train.epoch=3") == "unknown key train.epoch: did you mean train.epochs?"
     assert error(BASE, "train.batch_size=eight") == "train.batch_size: expected int, got 'eight' (str)"
-    assert error(BASE, "train.amp=on") == "train.amp: expected one of 'off', 'bf16', 'fp16', got 'on'"
+    assert error(BASE, "train.amp=on") == "train.amp: expected one of 'off', 'auto', 'bf16', 'fp16', got 'on'"
 
 
 def test_load_file_and_file_errors(tmp_path: Path) -> None:

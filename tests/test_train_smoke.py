@@ -68,9 +68,11 @@ def test_every_recipe_trains_two_steps(recipe_path, tmp_path):
     assert list((run / "pictures").glob("*.png"))
 
 
-def test_evaluate_reproduces_the_metrics_saved_at_the_end_of_training(tmp_path, capsys):
+@pytest.mark.parametrize("amp", ["off", "auto"])
+def test_evaluate_reproduces_the_metrics_saved_at_the_end_of_training(tmp_path, capsys, amp):
     recipe_path = ROOT / "recipes" / "scenes_seg_depth.yaml"
-    assert main(["train", str(recipe_path), *shrink(recipe_path, tmp_path), "--no-progress"]) == 0
+    overrides = [*shrink(recipe_path, tmp_path), f"train.amp={amp}"]  # auto: bf16 on a CPU with AVX512-BF16 or AMX
+    assert main(["train", str(recipe_path), *overrides, "--no-progress"]) == 0
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metrics"]
     assert main(["evaluate", str(tmp_path / "run" / "last.pt"), "--device", "cpu"]) == 0
     evaluated = json.loads((tmp_path / "run" / "eval_val.json").read_text())["metrics"]

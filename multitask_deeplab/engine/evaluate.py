@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -13,15 +12,9 @@ from torch.utils.data import DataLoader
 
 from multitask_deeplab import visualize
 from multitask_deeplab.data.loader import to_device
+from multitask_deeplab.engine.precision import autocast
 from multitask_deeplab.metrics import build_metrics
 from multitask_deeplab.tasks import task_kind
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``train.amp`` (``off``, ``bf16``, ``fp16``)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def task_metrics(tasks: Mapping[str, Any]) -> dict[str, Any]:

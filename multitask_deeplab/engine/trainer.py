@@ -28,8 +28,9 @@ from multitask_deeplab.engine.distributed import (
     resolve_device,
     setup_distributed,
 )
-from multitask_deeplab.engine.evaluate import autocast, evaluate, higher_is_better, save_prediction_grid, task_metrics
+from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
+from multitask_deeplab.engine.precision import amp_note, autocast, resolve_amp
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from multitask_deeplab.engine.rng import capture_rng, restore_rng, seed_everything
 from multitask_deeplab.model import build_model
@@ -105,8 +106,9 @@ class Trainer:
         cfg = recipe.train
         self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.info)
-        if cfg.amp != "off" and self.device.type == "cpu":
-            print(f"note: train.amp={cfg.amp} on the CPU is for correctness checks only; it is much slower than fp32 here")
+        self.amp = resolve_amp(cfg.amp, self.device)
+        if self.info.is_main and (note := amp_note(cfg.amp, self.device)):
+            print(note)
         seed_everything(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         self.show_progress = show_progress and self.info.is_main
@@ -163,7 +165,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, power=cfg.poly_power
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.shared_params = model.shared_parameters()
         self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
         if self.info.enabled:
@@ -268,7 +270,7 @@ class Trainer:
         separate = self.info.enabled and self.weighting.reduces_gradients_itself
         needs_features = self.weighting.needs_features
         with self.model.no_sync() if separate else contextlib.nullcontext():
-            with autocast(self.device, cfg.amp):
+            with autocast(self.device, self.amp):
                 result = self.model(batch["image"], return_features=needs_features)
             outputs, features = result if needs_features else (result, None)
             losses = self._losses(outputs, batch)
@@ -306,7 +308,7 @@ class Trainer:
 
     @torch.no_grad()
     def _post_step_losses(self, batch: dict[str, torch.Tensor]) -> None:
-        with autocast(self.device, self.recipe.train.amp):
+        with autocast(self.device, self.amp):
             outputs = self.model(batch["image"])
         self.weighting.after_step(self._losses(outputs, batch))
 
@@ -335,7 +337,7 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
-        self.last_metrics = evaluate(self.model, self.val_loader, self.recipe.tasks, self.device, amp=cfg.amp, channels_last=cfg.channels_last)
+        self.last_metrics = evaluate(self.model, self.val_loader, self.recipe.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:
@@ -360,7 +362,7 @@ class Trainer:
         samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
         batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
         (self.output_dir / "pictures").mkdir(exist_ok=True)
-        save_prediction_grid(self.model, batch, self.recipe.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.recipe.train.amp)
+        save_prediction_grid(self.model, batch, self.recipe.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.amp)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> None:
