@@ -35,6 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=4, help="images of equal size per forward pass")
     predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     predict.add_argument("--window", type=int, help="sliding-window tile size in pixels for large images")
+    predict.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (float32 throughout)")
+    predict.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch per size)")
     predict.add_argument("--cmap", default="turbo", choices=("turbo", "magma"), help="depth colour map")
     predict.add_argument("--save-npy", action="store_true", help="also save raw predictions as .npy")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,7 +68,15 @@ def _predict(args: argparse.Namespace) -> int:
     check_unique_stems(paths)
     out = Path(args.out)
     check_writable(out)
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, tta_flip=args.tta, window=args.window, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        args.device,
+        tta_flip=args.tta,
+        window=args.window,
+        batch_size=args.batch_size,
+        bf16=False if args.fp32 else None,
+        compile=args.compile,
+    )
     batches = _batches(paths, args.batch_size, failed)
     summary: dict[int, list[np.ndarray]] = {}
     done = 0

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from multitask_deeplab.engine.precision import native_bf16
+from multitask_deeplab.fuse import fold_batchnorm
 from multitask_deeplab.tasks import KINDS
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ class Predictor:
     Each image is padded on the bottom and right to a multiple of ``stride`` (edge replication, which works for
     any image size) and the predictions are cropped back. Images of equal size are batched together.
 
+    The model runs under ``torch.inference_mode`` with eval-mode batch norm folded into its convolutions and
+    in channels-last memory layout (both on by default: the same function, less time); on CUDA also under bf16
+    autocast where the GPU has bf16 units, with cuDNN's benchmark mode on (each new input size is tuned once).
+
     Args:
         model: Maps a ``B x C x H x W`` batch in [0, 1] to ``{task: B x C_t x H x W}`` (a ``MultiTaskModel``);
             it is moved to ``device`` and put in eval mode.
@@ -59,6 +65,12 @@ class Predictor:
             ``None`` runs whole images.
         batch_size: Most images (or tiles' images) per forward pass.
         recipe: The recipe the model was built from, kept as ``predictor.recipe`` (class names, class counts).
+        fold_bn: Fold eval-mode batch norms into the convolutions before them (into a copy: ``model`` itself is
+            left as it is).
+        channels_last: Run the model and its inputs in channels-last memory layout.
+        bf16: Run under bf16 autocast; ``None`` means on a GPU with bf16 units (Ampere or newer), never on the CPU
+            (where ``True`` is faster on CPUs with AVX512-BF16 or AMX, at bf16's precision).
+        compile: Wrap the model in ``torch.compile`` (the first batch of each size is slow; then faster).
     """
 
     def __init__(
@@ -73,6 +85,10 @@ class Predictor:
         window: int | None = None,
         batch_size: int = 8,
         recipe: Recipe | None = None,
+        fold_bn: bool = True,
+        channels_last: bool = True,
+        bf16: bool | None = None,
+        compile: bool = False,
     ) -> None:
         for name, kind in tasks.items():
             if kind not in KINDS:
@@ -82,7 +98,11 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.bf16 = self.device.type == "cuda" and native_bf16(self.device) if bf16 is None else bf16
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.channels_last = channels_last
+        self.model = prepare_for_inference(model.to(self.device), fold_bn=fold_bn, channels_last=channels_last, compile=compile)
         self.tasks = dict(tasks)
         self.stride = stride
         self.in_chans = in_chans
@@ -100,6 +120,7 @@ class Predictor:
         tta_flip: bool = False,
         window: int | None = None,
         batch_size: int = 8,
+        **options: bool | None,
     ) -> Predictor:
         """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
 
@@ -109,6 +130,7 @@ class Predictor:
         Args:
             path: The checkpoint (``best.pt``, ``last.pt``).
             device, tta_flip, window, batch_size: As for :class:`Predictor`.
+            options: ``fold_bn``, ``channels_last``, ``bf16``, ``compile``, as for :class:`Predictor`.
         """
         from multitask_deeplab.engine.restore import model_from_checkpoint
 
@@ -123,6 +145,7 @@ class Predictor:
             window=window,
             batch_size=batch_size,
             recipe=recipe,
+            **options,
         )
 
     def __call__(
@@ -174,7 +197,10 @@ class Predictor:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.stride)
         views = torch.cat([padded, padded.flip(-1)]) if self.tta_flip else padded
-        outputs = self.model(views)
+        if self.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.model(views)
         predictions = {}
         for name, kind in self.tasks.items():
             value = outputs[name].float()
@@ -204,6 +230,23 @@ class Predictor:
             else:
                 result[name] = (value[0] if kind == "depth" else value).numpy()
         return result
+
+
+def prepare_for_inference(
+    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True, compile: bool = False, inplace: bool = False
+) -> nn.Module:
+    """``model`` in eval mode with the inference options applied.
+
+    Args:
+        fold_bn: Fold eval-mode batch norms into their convolutions (see :func:`~multitask_deeplab.fuse.fold_batchnorm`),
+            in a copy unless ``inplace``.
+        channels_last: Convert the weights to channels-last layout (feed it channels-last inputs too).
+        compile: Wrap the result in ``torch.compile``.
+    """
+    model = fold_batchnorm(model, inplace=inplace) if fold_bn else model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

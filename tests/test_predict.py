@@ -115,6 +115,49 @@ def test_predictions_equal_the_model_forward(trained, predictor):
     assert len(np.unique(result["seg"])) > 1, "the fixture model should not predict one class everywhere"
 
 
+def test_inference_options_keep_the_function_and_leave_the_model_alone(trained, predictor):
+    """BN folding and channels_last (on by default) change the arithmetic's rounding only."""
+    path, model = trained
+    plain = Predictor.from_checkpoint(path, "cpu", fold_bn=False, channels_last=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in predictor.model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.model.modules())
+    conv = next(m for m in predictor.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = torch.rand(3, 48, 64)
+    fast, exact = predictor(image, probabilities=True), plain(image, probabilities=True)
+    np.testing.assert_allclose(fast["seg_probs"], exact["seg_probs"], atol=1e-4)
+    np.testing.assert_allclose(fast["depth"], exact["depth"], rtol=1e-4)
+    np.testing.assert_allclose(fast["normals"], exact["normals"], atol=1e-3)
+    assert (fast["seg"] == exact["seg"]).mean() > 0.99  # argmax can flip where two classes tie to rounding
+
+    user_model = write_checkpoint(path.with_name("other.pt"))
+    before = {name: value.clone() for name, value in user_model.state_dict().items()}
+    Predictor(user_model, KINDS, stride=16, device="cpu")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in user_model.modules()), "folding works on a copy"
+    for name, value in user_model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
+def test_bf16_is_off_on_the_cpu_unless_asked_and_then_close(trained, predictor):
+    assert predictor.bf16 is False
+    bf16 = Predictor.from_checkpoint(trained[0], "cpu", bf16=True)
+    image = torch.rand(3, 48, 64)
+    low, full = bf16(image, probabilities=True), predictor(image, probabilities=True)
+    assert low["depth"].dtype == np.float32
+    np.testing.assert_allclose(low["depth"], full["depth"], rtol=0.1)
+    assert not np.array_equal(low["depth"], full["depth"]), "bf16 autocast should change the rounding"
+
+
+def test_compiled_predictor_equals_the_eager_one():
+    eager = Predictor(PixelModel(), KINDS, stride=16, device="cpu")
+    compiled = Predictor(eager.model, KINDS, stride=16, device="cpu", compile=True)
+    assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
+    image = torch.rand(3, 20, 30)
+    a, b = eager(image, probabilities=True), compiled(image, probabilities=True)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-5, err_msg=key)
+
+
 def test_odd_sizes_mixed_input_types_and_batching(trained, predictor):
     _, model = trained
     small = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -174,7 +217,8 @@ def test_flip_tta_on_a_flip_equivariant_model():
 def test_flip_tta_is_the_hand_computed_average(trained):
     path, model = trained
     image = torch.rand(1, 3, 48, 64)
-    result = Predictor.from_checkpoint(path, "cpu", tta_flip=True)(image[0], probabilities=True)
+    exact = {"fold_bn": False, "channels_last": False}  # the model's own arithmetic, to compare at 1e-5
+    result = Predictor.from_checkpoint(path, "cpu", tta_flip=True, **exact)(image[0], probabilities=True)
     both = reference(model, torch.cat([image, image.flip(-1)]))  # one batch, as the predictor runs it
     plain, flipped = ({name: value[i : i + 1] for name, value in both.items()} for i in (0, 1))
     probs = (plain["seg"].softmax(1) + flipped["seg"].softmax(1).flip(-1)) / 2
