@@ -35,7 +35,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=4, help="images of equal size per forward pass")
     predict.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     predict.add_argument("--window", type=int, help="sliding-window tile size in pixels for large images")
-    predict.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (float32 throughout)")
+    predict.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on GPUs with bf16 units, else float32; bf16 also speeds up CPUs with AVX512-BF16 or AMX",
+    )
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch per size)")
     predict.add_argument("--cmap", default="turbo", choices=("turbo", "magma"), help="depth colour map")
     predict.add_argument("--save-npy", action="store_true", help="also save raw predictions as .npy")
@@ -74,7 +79,7 @@ def _predict(args: argparse.Namespace) -> int:
         tta_flip=args.tta,
         window=args.window,
         batch_size=args.batch_size,
-        bf16=False if args.fp32 else None,
+        bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
         compile=args.compile,
     )
     batches = _batches(paths, args.batch_size, failed)

@@ -310,6 +310,19 @@ def test_cli_writes_every_picture_and_array(trained, predictor, tmp_path):
     assert not list(out.glob(".*")), "no temporary files are left behind"
 
 
+def test_cli_precision_picks_bf16_or_float32(trained, predictor, tmp_path):
+    write_inputs(tmp_path / "in")
+    depth = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert run(str(trained[0]), str(tmp_path / "in" / "rgb.png"), "--out", str(out), "--save-npy", "--precision", precision) == 0
+        depth[precision] = np.load(out / "rgb_depth.npy")
+    with Image.open(tmp_path / "in" / "rgb.png") as image:
+        np.testing.assert_allclose(depth["fp32"], predictor(image)["depth"], atol=1e-5)
+    np.testing.assert_allclose(depth["bf16"], depth["fp32"], rtol=0.1)
+    assert not np.array_equal(depth["bf16"], depth["fp32"])
+
+
 def test_depth_png_encoding(tmp_path):
     from multitask_deeplab.cli_predict import save_depth_png
 
