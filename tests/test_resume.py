@@ -78,3 +78,14 @@ def test_starting_afresh_in_a_used_folder_drops_the_old_step_log(tmp_path):
     assert main(args) == 0
     assert main(args) == 0
     assert [row["step"] for row in read_steps(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize(("before", "after"), [("off", "fp16"), ("fp16", "off")])
+def test_resume_across_precisions(tmp_path, before, after):
+    """train.amp=auto resolves per machine, so a run saved in one precision may resume in another (fp16 keeps a
+    loss scale, the others none)."""
+    recipe = write_recipe(tmp_path)
+    common = ["train", str(recipe), f"train.output_dir={tmp_path / 'run'}", "train.device=cpu"]
+    assert main([*common, "train.steps=2", f"train.amp={before}", "--no-progress"]) == 0
+    assert main([*common, "train.steps=3", f"train.amp={after}", "--no-progress", "--resume", "auto"]) == 0
+    assert load(tmp_path / "run" / "last.pt")["step"] == 3

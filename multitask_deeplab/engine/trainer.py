@@ -405,7 +405,8 @@ class Trainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # the fp16 loss scale; a run saved without fp16 has none
+            self.scaler.load_state_dict(state["scaler"])
         self.weighting.load_state_dict(state["weighting"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
