@@ -80,6 +80,16 @@ def build_losses(recipe: Recipe) -> dict[str, nn.Module]:
     return losses
 
 
+def unused_weights_note(recipe: Recipe) -> str | None:
+    """A line for the user when tasks set a ``weight`` that the weighting strategy does not read (only ``fixed``
+    does; the others learn or compute their own); ``None`` otherwise."""
+    strategy = recipe.weighting["type"]
+    custom = [f"tasks.{name}.weight={task.weight:g}" for name, task in recipe.tasks.items() if task.weight != 1.0]
+    if strategy == "fixed" or not custom:
+        return None
+    return f"note: {', '.join(custom)} only counts with weighting.type=fixed; {strategy} sets the task weights itself"
+
+
 def build_weighting(recipe: Recipe) -> nn.Module:
     """The weighting strategy; fixed weights default to the tasks' ``weight`` values."""
     cfg = dict(recipe.weighting)

@@ -31,6 +31,17 @@ def test_every_strategy_trains_two_steps(recipe_file, tmp_path, strategy):
     assert {"weight.seg", "weight.depth"} <= row.keys(), "task weights are logged"
 
 
+def test_task_weights_a_strategy_ignores_get_a_note(recipe_file, tmp_path, capsys):
+    weights = ["tasks.depth.weight=2", "tasks.seg.weight=0.5"]
+    out = ["--no-progress"]
+    assert main(["train", str(recipe_file), *FAST, *weights, "weighting.type=dwa", f"train.output_dir={tmp_path / 'a'}", *out]) == 0
+    expected = "note: tasks.seg.weight=0.5, tasks.depth.weight=2 only counts with weighting.type=fixed; dwa sets the task weights itself"
+    assert expected in capsys.readouterr().out
+    assert main(["train", str(recipe_file), *FAST, *weights, f"train.output_dir={tmp_path / 'b'}", *out]) == 0
+    assert main(["train", str(recipe_file), *FAST, "weighting.type=dwa", f"train.output_dir={tmp_path / 'c'}", *out]) == 0
+    assert "only counts with weighting.type=fixed" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("strategy", ["mgda", "imtl"])
 def test_gradient_level_strategies_train_with_grad_checkpointing(recipe_file, tmp_path, strategy):
     out = tmp_path / strategy

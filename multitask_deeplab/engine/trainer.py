@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from multitask_deeplab import recipe as recipe_module
-from multitask_deeplab.components import build_losses, build_weighting
+from multitask_deeplab.components import build_losses, build_weighting, unused_weights_note
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
 from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
@@ -107,8 +107,10 @@ class Trainer:
         self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.info)
         self.amp = resolve_amp(cfg.amp, self.device)
-        if self.info.is_main and (note := amp_note(cfg.amp, self.device)):
-            print(note)
+        if self.info.is_main:
+            for note in (amp_note(cfg.amp, self.device), unused_weights_note(recipe)):
+                if note:
+                    print(note)
         seed_everything(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         self.show_progress = show_progress and self.info.is_main
