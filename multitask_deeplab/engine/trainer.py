@@ -30,8 +30,8 @@ from multitask_deeplab.engine.distributed import (
 )
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
-from multitask_deeplab.engine.precision import amp_note, autocast, resolve_amp
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from multitask_deeplab.engine.precision import amp_note, autocast, resolve_amp
 from multitask_deeplab.engine.rng import capture_rng, restore_rng, seed_everything
 from multitask_deeplab.model import build_model
 from multitask_deeplab.recipe import Recipe
