@@ -421,10 +421,11 @@ def check_kwargs(registry: Registry, cfg: Mapping[str, Any], path: str, reserved
             raise RecipeError(f"{path}.{key}: set by the framework itself; remove it from the recipe")
     try:
         params = list(inspect.signature(builder).parameters.values())
+        accepted = _accepted_keywords(builder)
     except (TypeError, ValueError):  # no introspectable signature: the builder will check its arguments
         return
-    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in reserved]
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
+    if accepted is not None:
+        named = [name for name in accepted if name not in reserved]
         for key in cfg:
             if key != "type" and key not in named:
                 hint = _did_you_mean(key, named, prefix=f"{path}.") or (
@@ -432,8 +433,35 @@ def check_kwargs(registry: Registry, cfg: Mapping[str, Any], path: str, reserved
                 )
                 raise RecipeError(f"unknown key {path}.{key}{hint}")
     for p in params:
-        if p.name in named and p.default is p.empty and p.name not in cfg:
+        if _is_named(p) and p.name not in reserved and p.default is p.empty and p.name not in cfg:
             raise RecipeError(f"{path}.{p.name}: required by {registry.kind} {cfg['type']!r}; add it")
+
+
+def _is_named(param: inspect.Parameter) -> bool:
+    return param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def _accepted_keywords(builder: Any) -> list[str] | None:
+    """The keyword arguments ``builder`` accepts, ``None`` for any (a function taking ``**kwargs``).
+
+    A class whose ``__init__`` takes ``**kwargs`` is taken to pass them on to the next ``__init__`` in its MRO,
+    as cooperative classes do (``super().__init__(**kwargs)``; ``nn.Module`` passes its own on to ``object``,
+    which takes none), so the keywords of the whole chain are accepted and nothing else.
+    """
+    if not inspect.isclass(builder):
+        params = inspect.signature(builder).parameters.values()
+        return None if any(p.kind is p.VAR_KEYWORD for p in params) else [p.name for p in params if _is_named(p)]
+    names: dict[str, None] = {}
+    for cls in builder.__mro__:
+        if cls is object:
+            break
+        if "__init__" not in vars(cls):
+            continue
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+        names.update(dict.fromkeys(p.name for p in params if _is_named(p)))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return list(names)
 
 
 # ------------------------------------------------------------------------------------------------------ internals

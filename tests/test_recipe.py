@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from multitask_deeplab import recipe as R
 from multitask_deeplab.recipe import RecipeError
@@ -367,10 +368,25 @@ def open_builder(in_channels: int, **kwargs: object) -> None:
     pass
 
 
+@THINGS.register("forwarding")
+class Forwarding(Plain):
+    """Takes ``scale`` and passes the rest on to ``Plain``, as cooperative subclasses do."""
+
+    def __init__(self, in_channels: int, *, scale: float = 1.0, **rest: object) -> None:
+        super().__init__(in_channels, **rest)
+
+
+@THINGS.register("bare")
+class Bare(nn.Module):
+    """No ``__init__`` of its own: ``nn.Module``'s ``*args, **kwargs`` end at ``object``, which takes none."""
+
+
 def test_check_kwargs_accepts_valid_configs() -> None:
     R.check_kwargs(THINGS, {"type": "plain", "rates": [1], "width": 4}, "tasks.seg.head", reserved=["in_channels"])
     R.check_kwargs(THINGS, {"type": "needs", "depth": 2}, "tasks.seg.head", reserved=["in_channels"])
     R.check_kwargs(THINGS, {"type": "open", "anything": 1}, "tasks.seg.head", reserved=["in_channels"])
+    R.check_kwargs(THINGS, {"type": "forwarding", "scale": 2, "rates": [1]}, "tasks.seg.head", reserved=["in_channels"])
+    R.check_kwargs(THINGS, {"type": "bare"}, "tasks.seg.head", reserved=["in_channels"])
 
 
 @pytest.mark.parametrize(
@@ -380,10 +396,14 @@ def test_check_kwargs_accepts_valid_configs() -> None:
         ({"type": "plain", "zzz": 1}, "unknown key tasks.seg.head.zzz: head 'plain' takes rates, width"),
         ({"type": "plain", "in_channels": 3}, f"tasks.seg.head.in_channels: {RESERVED}"),
         ({"type": "open", "in_channels": 3}, f"tasks.seg.head.in_channels: {RESERVED}"),
+        ({"type": "forwarding", "rate": [1]}, "unknown key tasks.seg.head.rate: did you mean tasks.seg.head.rates?"),
+        ({"type": "forwarding", "zzz": 1}, "unknown key tasks.seg.head.zzz: head 'forwarding' takes scale, rates, width"),
+        ({"type": "bare", "zzz": 1}, "unknown key tasks.seg.head.zzz: head 'bare' takes no keyword arguments"),
         ({"type": "needs"}, "tasks.seg.head.depth: required by head 'needs'; add it"),
         ({"type": "plan"},
-         "tasks.seg.head.type: unknown head 'plan': did you mean 'plain'? registered heads are needs, open, plain"),
-        ({"rates": [1]}, "tasks.seg.head.type: required key is missing (one of needs, open, plain)"),
+         "tasks.seg.head.type: unknown head 'plan': did you mean 'plain'? registered heads are bare, forwarding, needs, "
+         "open, plain"),
+        ({"rates": [1]}, "tasks.seg.head.type: required key is missing (one of bare, forwarding, needs, open, plain)"),
     ],
 )
 def test_check_kwargs_errors(cfg: dict, expected: str) -> None:

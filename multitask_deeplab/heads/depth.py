@@ -41,68 +41,47 @@ class PositiveDepth(nn.Module):
         return self.min_depth + F.softplus(output)
 
 
+class _DepthOutput:
+    """Makes a head's output depth in metres: takes the :class:`PositiveDepth` arguments and hands every other
+    argument to the head class after it in the MRO."""
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        reductions: Sequence[int],
+        out_channels: int = 1,
+        *,
+        activation: str = "softplus",
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        **head: Any,
+    ) -> None:
+        to_depth = PositiveDepth(activation, min_depth, max_depth)  # checked before any layer is built
+        super().__init__(in_channels, reductions, out_channels, **head)
+        self.to_depth = to_depth
+
+    def finalize(self, output: torch.Tensor) -> torch.Tensor:
+        return self.to_depth(output)
+
+
 @HEADS.register("depth")
-class DepthHead(DeepLabV3Head):
+class DepthHead(_DepthOutput, DeepLabV3Head):
     """Predicts depth in metres from one feature level, made positive after upsampling.
 
     Args:
         in_channels, reductions, out_channels: Passed by the model (out_channels is 1).
         activation, min_depth, max_depth: As for :class:`PositiveDepth`.
-        in_index, channels, rates, separable, dropout, trunk: As for ``deeplabv3``.
+        head: The ``deeplabv3`` arguments (in_index, channels, rates, separable, dropout, trunk).
     """
-
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        reductions: Sequence[int],
-        out_channels: int = 1,
-        *,
-        activation: str = "softplus",
-        min_depth: float = 1e-3,
-        max_depth: float = 10.0,
-        in_index: int = -1,
-        channels: int = 256,
-        rates: Sequence[int] | None = None,
-        separable: bool = False,
-        dropout: float = 0.5,
-        trunk: str = "aspp",
-    ) -> None:
-        to_depth = PositiveDepth(activation, min_depth, max_depth)
-        super().__init__(
-            in_channels, reductions, out_channels,
-            in_index=in_index, channels=channels, rates=rates, separable=separable, dropout=dropout, trunk=trunk,
-        )
-        self.to_depth = to_depth
-
-    def finalize(self, output: torch.Tensor) -> torch.Tensor:
-        return self.to_depth(output)
 
 
 @HEADS.register("depthplus")
-class DepthPlusHead(DeepLabV3PlusHead):
+class DepthPlusHead(_DepthOutput, DeepLabV3PlusHead):
     """Predicts depth in metres through a DeepLabV3+ decoder (ASPP + stride-4 skip): sharper depth edges.
 
     Args:
         in_channels, reductions, out_channels: Passed by the model (out_channels is 1).
         activation, min_depth, max_depth: As for :class:`PositiveDepth`.
-        decoder: The ``deeplabv3plus`` arguments (in_index, low_level_index, channels, low_level_channels, rates,
+        head: The ``deeplabv3plus`` arguments (in_index, low_level_index, channels, low_level_channels, rates,
             separable, dropout).
     """
-
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        reductions: Sequence[int],
-        out_channels: int = 1,
-        *,
-        activation: str = "softplus",
-        min_depth: float = 1e-3,
-        max_depth: float = 10.0,
-        **decoder: Any,
-    ) -> None:
-        to_depth = PositiveDepth(activation, min_depth, max_depth)
-        super().__init__(in_channels, reductions, out_channels, **decoder)
-        self.to_depth = to_depth
-
-    def finalize(self, output: torch.Tensor) -> torch.Tensor:
-        return self.to_depth(output)
