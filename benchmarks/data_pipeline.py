@@ -8,7 +8,7 @@ from torch.utils.data import SequentialSampler, default_collate
 
 from benchmarks.measure import time_interleaved
 from benchmarks.settings import DEFAULT_RECIPE, Settings
-from multitask_deeplab import recipe as recipe_module
+from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import build_dataset, build_loader, to_device
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from benchmarks.measure import MiB, count_flops, in_fresh_process, time_interleaved
 from benchmarks.settings import Settings
-from multitask_deeplab.convert import load_torchvision_deeplabv3
-from multitask_deeplab.engine.precision import native_bf16
-from multitask_deeplab.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel, create_model
-from multitask_deeplab.predict import prepare_for_inference
+from multitask_deeplab.inference.predictor import prepare_for_inference
+from multitask_deeplab.models.convert import load_torchvision_deeplabv3
+from multitask_deeplab.models.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel, create_model
+from multitask_deeplab.runtime.precision import native_bf16
 
 NUM_CLASSES = 21
 EQUALITY_TOLERANCE = 1e-4
@@ -127,7 +127,7 @@ def fast_option(settings: Settings) -> str:
 
 def prepare(model: nn.Module, options: Mapping[str, bool], *, inplace: bool = False) -> nn.Module:
     """The model in eval mode with the inference options applied (BN folding, channels_last, compile), as the
-    :class:`~multitask_deeplab.predict.Predictor` applies them."""
+    :class:`~multitask_deeplab.inference.predictor.Predictor` applies them."""
     return prepare_for_inference(
         model,
         fold_bn=options.get("fold_bn", False),

@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 MiB = 1024 * 1024
-_PRELOAD = ["torch", "torchvision", "timm", "kornia", "multitask_deeplab.components", "multitask_deeplab.engine.trainer"]
+_PRELOAD = ["torch", "torchvision", "timm", "kornia", "multitask_deeplab.engine.build", "multitask_deeplab.engine.trainer"]
 
 
 def synchronize(device: torch.device) -> None:

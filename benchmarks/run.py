@@ -19,18 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler (step memory) otherwise logs to stderr
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+import timm
+import torch
+import torchvision
 
-from benchmarks import report  # noqa: E402
-from benchmarks.data_pipeline import run_data  # noqa: E402
-from benchmarks.inference import run_multitask, run_seg_only  # noqa: E402
-from benchmarks.measure import matmul_throughput  # noqa: E402
-from benchmarks.settings import Settings  # noqa: E402
-from benchmarks.training import run_accuracy, run_training  # noqa: E402
-from benchmarks.weighting import run_weighting  # noqa: E402
-from multitask_deeplab.engine.precision import native_bf16  # noqa: E402
+from benchmarks import report
+from benchmarks.data_pipeline import run_data
+from benchmarks.inference import run_multitask, run_seg_only
+from benchmarks.measure import matmul_throughput
+from benchmarks.settings import Settings
+from benchmarks.training import run_accuracy, run_training
+from benchmarks.weighting import run_weighting
+from multitask_deeplab.runtime.precision import native_bf16
 
 SECTIONS = ("inference", "multitask", "training", "weighting", "data", "accuracy")
 

@@ -19,8 +19,8 @@ from torch.utils.data import default_collate
 
 from benchmarks.measure import MiB, allocated_peak, in_fresh_process, summary, synchronize
 from benchmarks.settings import DEFAULT_RECIPE, RESNET50_RECIPE, Settings, TrainSize
-from multitask_deeplab import recipe as recipe_module
-from multitask_deeplab.engine.precision import native_bf16
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.runtime.precision import native_bf16
 
 MODEL_CHECKPOINTING = "grad checkpointing (backbone + heads)"
 _TRUNK_HEADS = ("deeplabv3", "depth", "normals")

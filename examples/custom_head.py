@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multitask_deeplab import HEADS, DenseHead
-from multitask_deeplab.heads.base import ConvBNReLU
+from multitask_deeplab.models.heads.base import ConvBNReLU
 
 
 @HEADS.register("fpn_lite")

@@ -8,8 +8,8 @@ import socket
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads cost more than they give, and tests spawn processes
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 _LOOPBACK = ("127.", "::1", "localhost")
 _real_connect = socket.socket.connect

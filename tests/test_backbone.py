@@ -3,7 +3,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from multitask_deeplab.backbone import TimmBackbone
+from multitask_deeplab.models.backbone import TimmBackbone
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "efficientnet_b0"])

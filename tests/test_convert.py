@@ -2,10 +2,10 @@ import pytest
 import torch
 import torchvision
 
-from multitask_deeplab.backbone import TimmBackbone
-from multitask_deeplab.convert import init_from, load_torchvision_deeplabv3
-from multitask_deeplab.heads import HEADS
-from multitask_deeplab.model import MultiTaskModel
+from multitask_deeplab.models.backbone import TimmBackbone
+from multitask_deeplab.models.convert import init_from, load_torchvision_deeplabv3
+from multitask_deeplab.models.heads import HEADS
+from multitask_deeplab.models.model import MultiTaskModel
 
 
 def randomise_batch_norm(model: torch.nn.Module) -> None:

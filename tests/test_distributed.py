@@ -9,9 +9,6 @@ import signal
 import pytest
 import torch
 import torch.distributed as dist
-from timm.layers import BatchNormAct2d
-from torch import nn
-
 from helpers_training import (  # noqa: F401
     NO_RANDOMNESS,
     finish,
@@ -24,9 +21,12 @@ from helpers_training import (  # noqa: F401
     wait_for_logged_step,
     write_recipe,
 )
+from timm.layers import BatchNormAct2d
+from torch import nn
+
 from multitask_deeplab.cli import main
 from multitask_deeplab.data.loader import ResumableSampler
-from multitask_deeplab.engine.distributed import CpuSyncBatchNorm, DistInfo, backend_for, convert_sync_batchnorm
+from multitask_deeplab.runtime.distributed import CpuSyncBatchNorm, DistInfo, backend_for, convert_sync_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from test_predict import RECIPE, write_checkpoint
 
-from multitask_deeplab import recipe as recipe_module
 from multitask_deeplab.cli import main
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.engine.build import build_model
 from multitask_deeplab.engine.checkpoint import load_safetensors
-from multitask_deeplab.export import TOLERANCE, export_onnx, onnx_max_difference, require_onnx
-from multitask_deeplab.model import build_model
+from multitask_deeplab.inference.export import TOLERANCE, export_onnx, onnx_max_difference, require_onnx
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_training import (  # noqa: F401
     ROOT,
     InfAtSteps,
@@ -28,11 +27,12 @@ from helpers_training import (  # noqa: F401
     write_inf_loss_plugin,
     write_recipe,
 )
-from multitask_deeplab import recipe as recipe_module
+
 from multitask_deeplab.cli import main
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.engine.build import build_model
 from multitask_deeplab.engine.checkpoint import export_safetensors, load_checkpoint, load_safetensors, save_checkpoint
 from multitask_deeplab.engine.trainer import Trainer, TrainingStopped
-from multitask_deeplab.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,7 +112,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monke
 
 KILLED_WRITER = """
 import sys, time
-from multitask_deeplab.engine.checkpoint import atomic_write
+from multitask_deeplab.runtime.files import atomic_write
 
 def write(temp):
     temp.write_bytes(b"PK\\x03\\x04 the first bytes of a checkpoint")

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from multitask_deeplab.fuse import fold_batchnorm
-from multitask_deeplab.model import create_model
+from multitask_deeplab.models.fuse import fold_batchnorm
+from multitask_deeplab.models.model import create_model
 
 HEADS = {
     "seg": {"type": "deeplabv3", "out_channels": 4, "channels": 16},

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from multitask_deeplab.backbone import TimmBackbone
-from multitask_deeplab.heads import HEADS, DenseHead
-from multitask_deeplab.heads.aspp import ASPP, default_rates
-from multitask_deeplab.model import MultiTaskModel, SharedFeatures
+from multitask_deeplab.models.backbone import TimmBackbone
+from multitask_deeplab.models.heads import HEADS, DenseHead
+from multitask_deeplab.models.heads.aspp import ASPP, default_rates
+from multitask_deeplab.models.model import MultiTaskModel, SharedFeatures
 
 HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "depthplus": 1, "normals": 3}
 SMALL = {"channels": 16}
@@ -163,7 +163,7 @@ def test_mean_and_std_must_fit_the_input_channels():
 
 
 def shared_trunk_model(**trunk) -> MultiTaskModel:
-    from multitask_deeplab.model import create_model
+    from multitask_deeplab.models.model import create_model
 
     return create_model("resnet18", output_stride=16, shared_trunk={"channels": 16, **trunk}, heads={
         "seg": {"type": "deeplabv3", "out_channels": 4, "channels": 16, "trunk": "light"},
@@ -203,8 +203,8 @@ def test_shared_trunk_with_a_light_head_splits_the_deeplabv3_head():
 
 
 def test_shared_trunk_from_a_recipe_and_its_errors():
-    from multitask_deeplab.model import build_model
-    from multitask_deeplab.recipe import loads
+    from multitask_deeplab.config.recipe import loads
+    from multitask_deeplab.engine.build import build_model
 
     text = """
 model: {backbone: resnet18, shared_trunk: {channels: 8, separable: true}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask_deeplab.engine import precision
-from multitask_deeplab.engine.precision import amp_note, autocast, resolve_amp
+from multitask_deeplab.runtime import precision
+from multitask_deeplab.runtime.precision import amp_note, autocast, resolve_amp
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from multitask_deeplab import recipe as recipe_module
 from multitask_deeplab.cli import main
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.engine.build import build_model
 from multitask_deeplab.engine.checkpoint import save_checkpoint
-from multitask_deeplab.model import build_model
-from multitask_deeplab.predict import Predictor, _tile_starts, pad_to_multiple, to_tensor
+from multitask_deeplab.inference.predictor import Predictor, _tile_starts, pad_to_multiple, to_tensor
 
 RECIPE = """
 model: {backbone: resnet18, output_stride: 16}
@@ -324,7 +324,7 @@ def test_cli_precision_picks_bf16_or_float32(trained, predictor, tmp_path):
 
 
 def test_depth_png_encoding(tmp_path):
-    from multitask_deeplab.cli_predict import save_depth_png
+    from multitask_deeplab.cli.predict import save_depth_png
 
     save_depth_png(np.array([[0.0, 0.0002, 1.2344, 70.0, np.nan, -1.0]], dtype=np.float32), tmp_path / "d.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d.png")), [[0, 1, 1234, 65535, 0, 0]])

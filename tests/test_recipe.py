@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from multitask_deeplab import recipe as R
-from multitask_deeplab.recipe import RecipeError
+from multitask_deeplab.config import recipe as R
+from multitask_deeplab.config.recipe import RecipeError
 from multitask_deeplab.registry import Registry
 
 BASE = """\

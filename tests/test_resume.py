@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers_training import ROOT, child_env, load, mtdl, one_thread, read_steps, wait_for_logged_step, write_recipe  # noqa: F401
+
 from multitask_deeplab.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

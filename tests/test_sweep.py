@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from helpers_training import TINY_RECIPE
+
 from multitask_deeplab.cli import main
 from multitask_deeplab.weighting import WEIGHTINGS
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures_formats import write_cityscapes, write_folder, write_nyuv2
-from multitask_deeplab import recipe as recipe_module
+
 from multitask_deeplab.cli import main
-from multitask_deeplab.components import import_plugins
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.plugins import import_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -51,7 +51,7 @@ def shrink(recipe_path: Path, tmp: Path) -> list[str]:
 def _head_args(head_type: str) -> set[str]:
     import inspect
 
-    from multitask_deeplab.heads import HEADS
+    from multitask_deeplab.models.heads import HEADS
 
     return set(inspect.signature(HEADS.get(head_type)).parameters)
 

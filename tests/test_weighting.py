@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multitask_deeplab.model import SharedFeatures, create_model
+from multitask_deeplab.models.model import SharedFeatures, create_model
 from multitask_deeplab.weighting import WEIGHTINGS, Weighting
 from multitask_deeplab.weighting.gradients import all_reduce_grads_, all_reduce_mean_
 from multitask_deeplab.weighting.solvers import (

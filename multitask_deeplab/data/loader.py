@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from multitask_deeplab.data.base import DATASETS
-from multitask_deeplab.engine.distributed import DistInfo
-from multitask_deeplab.engine.rng import seed_worker
+from multitask_deeplab.runtime.distributed import DistInfo
+from multitask_deeplab.runtime.rng import seed_worker
 
 if TYPE_CHECKING:
-    from multitask_deeplab.recipe import Recipe
+    from multitask_deeplab.config.recipe import Recipe
 
 
 def build_dataset(recipe: Recipe, split: str) -> Dataset:

@@ -5,34 +5,15 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from multitask_deeplab.runtime.files import atomic_write
+
 FORMAT = "multitask_deeplab/1"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Writes a file through ``write(temp_path)`` in the same folder, then renames it over ``path``.
-
-    A crash or an error midway leaves any previous file at ``path`` untouched.
-    """
-    path = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -52,7 +33,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - whatever the reader trips on, the file is not a checkpoint we load
+    except Exception as error:
         message = str(error)
         if isinstance(error, pickle.UnpicklingError) and (refused := re.search(r"GLOBAL (\S+)", message)):
             raise ValueError(
@@ -87,7 +68,7 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
 
     try:
         state = load_file(str(path))
-    except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable file
+    except Exception as error:
         raise ValueError(f"cannot read safetensors file {path}: {error}") from error
     expected = unwrap(model).state_dict()
     missing = [key for key in expected if key not in state]

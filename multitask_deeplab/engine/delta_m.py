@@ -76,12 +76,12 @@ def read_baselines(source: str | os.PathLike | Mapping[str, Mapping[str, float]]
 
 def write_baselines(path: Path, baselines: Mapping[str, Mapping[str, float]], *, split: str) -> None:
     """Writes ``{"split": ..., "baselines": {task: {metric: value}}}``."""
-    from multitask_deeplab.engine.checkpoint import atomic_write
+    from multitask_deeplab.runtime.files import atomic_write
 
     atomic_write(path, lambda temp: temp.write_text(json.dumps({"split": split, "baselines": baselines}, indent=2)))
 
 
-def baselines_for(recipe) -> dict[str, dict[str, float]] | None:  # noqa: ANN001 - a Recipe
+def baselines_for(recipe) -> dict[str, dict[str, float]] | None:
     """The recipe's baselines: ``eval.baselines``, else ``<output_dir>/baselines/baselines.json`` if it exists."""
     source = recipe.eval.baselines
     if source is None:
@@ -92,7 +92,7 @@ def baselines_for(recipe) -> dict[str, dict[str, float]] | None:  # noqa: ANN001
     return read_baselines(source)
 
 
-def recipe_delta_m(recipe, metrics: Mapping[str, float]) -> float | None:  # noqa: ANN001 - a Recipe
+def recipe_delta_m(recipe, metrics: Mapping[str, float]) -> float | None:
     """Δm of ``metrics`` against the recipe's baselines, or None when it has none (or is single-task)."""
     from multitask_deeplab.engine.evaluate import higher_is_better
 

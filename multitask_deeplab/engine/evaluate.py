@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from multitask_deeplab import visualize
 from multitask_deeplab.data.loader import to_device
-from multitask_deeplab.engine.precision import autocast
 from multitask_deeplab.metrics import build_metrics
+from multitask_deeplab.runtime.precision import autocast
 from multitask_deeplab.tasks import task_kind
 
 
@@ -76,7 +76,7 @@ def save_prediction_grid(
         outputs = model(batch["image"])
     model.train(was_training)
     rows, titles = [], ["image"]
-    for name, task in tasks.items():
+    for name in tasks:
         titles += [f"{name} predicted", f"{name} true"]
     for i in range(batch["image"].shape[0]):
         row = [visualize.image_to_uint8(batch["image"][i].float().cpu())]

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from multitask_deeplab.engine.checkpoint import atomic_write
+from multitask_deeplab.runtime.files import atomic_write
 
 
 class MetricsLog:

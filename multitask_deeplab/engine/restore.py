@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from multitask_deeplab import recipe as recipe_module
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.config.recipe import Recipe
+from multitask_deeplab.engine.build import build_model
 from multitask_deeplab.engine.checkpoint import load_checkpoint
-from multitask_deeplab.model import MultiTaskModel, build_model
-from multitask_deeplab.recipe import Recipe
+from multitask_deeplab.models.model import MultiTaskModel
 
 
 def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MultiTaskModel, Recipe, dict[str, Any]]:

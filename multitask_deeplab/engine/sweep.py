@@ -7,10 +7,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from multitask_deeplab.engine.checkpoint import atomic_write
+from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
-from multitask_deeplab.recipe import Recipe
+from multitask_deeplab.runtime.files import atomic_write
 
 
 def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:

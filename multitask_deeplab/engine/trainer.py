@@ -14,27 +14,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from multitask_deeplab import recipe as recipe_module
-from multitask_deeplab.components import build_losses, build_weighting, unused_weights_note
+from multitask_deeplab.config import recipe as recipe_module
+from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
+from multitask_deeplab.engine.build import build_losses, build_model, build_weighting, unused_weights_note
 from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
-from multitask_deeplab.engine.distributed import (
+from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
+from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
+from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from multitask_deeplab.runtime.device import resolve_device
+from multitask_deeplab.runtime.distributed import (
     any_process,
     any_process_each,
     convert_sync_batchnorm,
     mean_over_processes,
-    resolve_device,
     setup_distributed,
 )
-from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
-from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
-from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
-from multitask_deeplab.engine.precision import amp_note, autocast, resolve_amp
-from multitask_deeplab.engine.rng import capture_rng, restore_rng, seed_everything
-from multitask_deeplab.model import build_model
-from multitask_deeplab.recipe import Recipe
+from multitask_deeplab.runtime.precision import amp_note, autocast, resolve_amp
+from multitask_deeplab.runtime.rng import capture_rng, restore_rng, seed_everything
 from multitask_deeplab.tasks import task_kind
 
 
@@ -70,7 +69,7 @@ class Trainer:
     Everything that can fail on bad input (recipe, model, losses, data, output folder) is checked in the
     constructor, before anything is written.
 
-    **Several processes** (``torchrun``, see :mod:`multitask_deeplab.engine.distributed`): the model is wrapped
+    **Several processes** (``torchrun``, see :mod:`multitask_deeplab.runtime.distributed`): the model is wrapped
     in DistributedDataParallel and each process trains on its own shard of every epoch's permutation.
     ``train.batch_size`` is per process: the global batch is ``batch_size x world_size``, so scale ``train.lr``
     yourself when you change the number of processes. BatchNorm statistics are per process unless
@@ -105,7 +104,7 @@ class Trainer:
         self.recipe = recipe
         cfg = recipe.train
         self.info = setup_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.info)
+        self.device = resolve_device(cfg.device, local_rank=self.info.local_rank)
         self.amp = resolve_amp(cfg.amp, self.device)
         if self.info.is_main:
             for note in (amp_note(cfg.amp, self.device), unused_weights_note(recipe)):

@@ -19,7 +19,7 @@ from multitask_deeplab.weighting.gradients import (
 )
 
 if TYPE_CHECKING:
-    from multitask_deeplab.model import SharedFeatures
+    from multitask_deeplab.models.model import SharedFeatures
 
 WEIGHTINGS: Registry = Registry("weighting")
 

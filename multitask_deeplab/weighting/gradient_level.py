@@ -29,7 +29,7 @@ from multitask_deeplab.weighting.solvers import (
 )
 
 if TYPE_CHECKING:
-    from multitask_deeplab.model import SharedFeatures
+    from multitask_deeplab.models.model import SharedFeatures
 
 
 def _choice(name: str, value: object, choices: Sequence[object]) -> None:
@@ -64,7 +64,7 @@ class MGDA(GradientWeighting):
     The shared update is the min-norm point of the convex hull of the task gradients (weights summing to 1),
     found by Frank-Wolfe (:func:`min_norm_coefficients`). With ``mode="features"`` (MGDA-UB, the paper's
     upper-bound variant; the default) the weights come from the gradients w.r.t. the shared features, the
-    :class:`~multitask_deeplab.model.SharedFeatures` that ``model(image, return_features=True)`` returns and
+    :class:`~multitask_deeplab.models.model.SharedFeatures` that ``model(image, return_features=True)`` returns and
     ``backward`` takes as ``features``. The heads read its detached ``leaves``, so ``dL_t/dleaves`` are the
     direct partials of each level (a total derivative w.r.t. a level would also contain the paths through the
     deeper levels computed from it, and count them twice); the backbone then takes one backward of

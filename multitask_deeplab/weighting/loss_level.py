@@ -14,7 +14,7 @@ from multitask_deeplab.weighting.gradients import all_reduce_mean_, scale_losses
 from multitask_deeplab.weighting.solvers import adam_step_
 
 if TYPE_CHECKING:
-    from multitask_deeplab.model import SharedFeatures
+    from multitask_deeplab.models.model import SharedFeatures
 
 
 @WEIGHTINGS.register("fixed")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,14 +21,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from multitask_deeplab.engine.precision import native_bf16
-from multitask_deeplab.fuse import fold_batchnorm
+from multitask_deeplab.models.fuse import fold_batchnorm
+from multitask_deeplab.runtime.device import resolve_device
+from multitask_deeplab.runtime.precision import native_bf16
 from multitask_deeplab.tasks import KINDS
 
 if TYPE_CHECKING:
-    from multitask_deeplab.recipe import Recipe
+    from multitask_deeplab.config.recipe import Recipe
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Image.Image | np.ndarray | torch.Tensor
 """A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
 
 # Tolerance on the [0, 1] range of float inputs (resampling and colour conversions overshoot slightly).
@@ -238,7 +239,7 @@ def prepare_for_inference(
     """``model`` in eval mode with the inference options applied.
 
     Args:
-        fold_bn: Fold eval-mode batch norms into their convolutions (see :func:`~multitask_deeplab.fuse.fold_batchnorm`),
+        fold_bn: Fold eval-mode batch norms into their convolutions (see :func:`~multitask_deeplab.models.fuse.fold_batchnorm`),
             in a copy unless ``inplace``.
         channels_last: Convert the weights to channels-last layout (feed it channels-last inputs too).
         compile: Wrap the result in ``torch.compile``.
@@ -247,16 +248,6 @@ def prepare_for_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile else model
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; asking for CUDA without one is a ``ValueError``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
 
 
 def to_tensor(image: ImageLike, in_chans: int = 3) -> torch.Tensor:

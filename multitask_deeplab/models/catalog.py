@@ -18,7 +18,7 @@ def _accepts(name: str, output_stride: int) -> bool:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             timm.create_model(name, features_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - any failure means "not usable at this stride"
+    except Exception:
         return False
     return True
 

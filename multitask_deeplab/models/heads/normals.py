@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multitask_deeplab.heads.aspp import DeepLabV3Head
-from multitask_deeplab.heads.base import HEADS
+from multitask_deeplab.models.heads.aspp import DeepLabV3Head
+from multitask_deeplab.models.heads.base import HEADS
 
 
 @HEADS.register("normals")

@@ -8,15 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
-from multitask_deeplab.cli_predict import add_commands
+from multitask_deeplab.cli.predict import add_commands
 
 EXIT_BAD_INPUT = 2
 
 
-def _load_checked(args: argparse.Namespace):  # noqa: ANN202 - returns a Recipe
-    from multitask_deeplab import recipe as recipe_module
-    from multitask_deeplab.components import check_components
+def _load_checked(args: argparse.Namespace):
+    from multitask_deeplab.config import recipe as recipe_module
+    from multitask_deeplab.engine.build import check_components
 
     recipe = recipe_module.load(args.recipe, args.overrides)
     check_components(recipe)
@@ -24,7 +23,7 @@ def _load_checked(args: argparse.Namespace):  # noqa: ANN202 - returns a Recipe
 
 
 def _train(args: argparse.Namespace) -> int:
-    from multitask_deeplab import recipe as recipe_module
+    from multitask_deeplab.config import recipe as recipe_module
     from multitask_deeplab.engine.trainer import Trainer
 
     recipe = _load_checked(args)
@@ -43,7 +42,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from multitask_deeplab.components import REGISTRIES
+    from multitask_deeplab.engine.build import REGISTRIES
     from multitask_deeplab.engine.evaluate import task_metrics
     from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
 
@@ -66,15 +65,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
-    from multitask_deeplab.engine.checkpoint import atomic_write
     from multitask_deeplab.engine.delta_m import recipe_delta_m
-    from multitask_deeplab.engine.distributed import DistInfo, resolve_device
     from multitask_deeplab.engine.evaluate import evaluate
     from multitask_deeplab.engine.logs import format_table
-    from multitask_deeplab.engine.precision import resolve_amp
     from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.runtime.device import resolve_device
+    from multitask_deeplab.runtime.distributed import DistInfo
+    from multitask_deeplab.runtime.files import atomic_write
+    from multitask_deeplab.runtime.precision import resolve_amp
 
-    device = resolve_device(args.device, DistInfo())
+    device = resolve_device(args.device)
     model, recipe, _ = model_from_checkpoint(args.checkpoint, device)
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
@@ -103,11 +103,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
-        from multitask_deeplab.backbone_catalog import dilatable_backbones
+        from multitask_deeplab.models.catalog import dilatable_backbones
 
         names = dilatable_backbones(args.output_stride, args.filter)
     else:
-        from multitask_deeplab.components import REGISTRIES
+        from multitask_deeplab.engine.build import REGISTRIES
 
         names = REGISTRIES[args.what].names()
     print("\n".join(names))
@@ -115,7 +115,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from multitask_deeplab import recipe as recipe_module
+    from multitask_deeplab.config import recipe as recipe_module
     from multitask_deeplab.data.loader import build_dataset
 
     recipe = recipe_module.load(args.recipe, args.overrides)
@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``mtdl``; bad input prints one line and exits non-zero, without a traceback."""
     args = build_parser().parse_args(argv)
-    from multitask_deeplab.components import import_plugins
     from multitask_deeplab.engine.trainer import TrainingStopped
+    from multitask_deeplab.plugins import import_plugins
 
     try:
         import_plugins(getattr(args, "plugin", []))

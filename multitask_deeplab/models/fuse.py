@@ -28,7 +28,7 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     The result is for inference only: its folded layers no longer update running statistics.
 
     Args:
-        model: Any module, e.g. a :class:`~multitask_deeplab.model.MultiTaskModel`; left unchanged unless
+        model: Any module, e.g. a :class:`~multitask_deeplab.models.model.MultiTaskModel`; left unchanged unless
             ``inplace``.
         inplace: Fold into ``model`` itself instead of a copy (no second copy of the weights in memory).
 
@@ -100,7 +100,7 @@ def _traced_pairs(module: nn.Module) -> list[tuple[str, str]]:
     """(conv, norm) child pairs from a one-level fx trace; none when the forward cannot be traced."""
     try:
         graph = _OneLevelTracer(module).trace(module)
-    except Exception:  # noqa: BLE001 - untraceable forward (data-dependent control flow, ...): fold nothing here
+    except Exception:
         return []
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []

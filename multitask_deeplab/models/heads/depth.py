@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multitask_deeplab.heads.aspp import DeepLabV3Head
-from multitask_deeplab.heads.base import HEADS
-from multitask_deeplab.heads.deeplabv3plus import DeepLabV3PlusHead
+from multitask_deeplab.models.heads.aspp import DeepLabV3Head
+from multitask_deeplab.models.heads.base import HEADS
+from multitask_deeplab.models.heads.deeplabv3plus import DeepLabV3PlusHead
 
 ACTIVATIONS = ("softplus", "sigmoid")
 

@@ -5,47 +5,21 @@ Importing this module registers the built-in heads, losses, weightings and datas
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 from torch import nn
 
+from multitask_deeplab.config.recipe import Recipe, RecipeError, check_kwargs
 from multitask_deeplab.data import DATASETS
 from multitask_deeplab.data.augment import build_augmentation
-from multitask_deeplab.heads import HEADS, RESERVED_HEAD_ARGS
 from multitask_deeplab.losses import LOSSES
-from multitask_deeplab.recipe import Recipe, RecipeError, check_kwargs
+from multitask_deeplab.models.backbone import TimmBackbone
+from multitask_deeplab.models.convert import init_from
+from multitask_deeplab.models.heads import HEADS, RESERVED_HEAD_ARGS
+from multitask_deeplab.models.model import MultiTaskModel, build_head, build_trunk
 from multitask_deeplab.registry import Registry
 from multitask_deeplab.tasks import head_channels
 from multitask_deeplab.weighting import WEIGHTINGS
 
 REGISTRIES: dict[str, Registry] = {"heads": HEADS, "losses": LOSSES, "weightings": WEIGHTINGS, "datasets": DATASETS}
-
-
-def import_plugins(plugins: list[str]) -> None:
-    """Imports user code that registers its own components: a module name or a ``.py`` file path."""
-    for plugin in plugins:
-        try:
-            if plugin.endswith(".py"):
-                _import_file(Path(plugin))
-            else:
-                importlib.import_module(plugin)
-        except (ImportError, FileNotFoundError) as error:
-            raise ValueError(f"cannot import plugin {plugin!r}: {error}; give a module on PYTHONPATH or a .py file") from error
-
-
-def _import_file(path: Path) -> None:
-    name = f"mtdl_plugin_{path.stem}"
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise FileNotFoundError(f"no such plugin file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
 
 
 def check_components(recipe: Recipe) -> None:
@@ -96,3 +70,24 @@ def build_weighting(recipe: Recipe) -> nn.Module:
     if cfg["type"] == "fixed":
         cfg.setdefault("weights", {name: task.weight for name, task in recipe.tasks.items()})
     return WEIGHTINGS.build(cfg, task_names=list(recipe.tasks), task_kinds={n: t.kind for n, t in recipe.tasks.items()})
+
+
+def build_model(recipe: Recipe) -> MultiTaskModel:
+    """Builds the model a recipe describes (weights from ``model.init_from`` are loaded too)."""
+    cfg = recipe.model
+    backbone = TimmBackbone(
+        cfg.backbone,
+        output_stride=cfg.output_stride,
+        pretrained=cfg.pretrained,
+        in_chans=cfg.in_chans,
+        out_indices=cfg.out_indices,
+    )
+    trunk = build_trunk(backbone, cfg.shared_trunk)
+    heads = {
+        name: build_head(backbone, task.head, head_channels(task.kind, task.num_classes), trunk)
+        for name, task in recipe.tasks.items()
+    }
+    model = MultiTaskModel(backbone, heads, trunk=trunk, mean=cfg.mean, std=cfg.std)
+    if cfg.init_from:
+        init_from(model, cfg.init_from)
+    return model

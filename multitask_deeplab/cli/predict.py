@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     import torch
 
-    from multitask_deeplab.predict import Predictor
+    from multitask_deeplab.inference.predictor import Predictor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
@@ -64,7 +64,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from multitask_deeplab.predict import Predictor
+    from multitask_deeplab.inference.predictor import Predictor
     from multitask_deeplab.visualize import make_grid, save_png
 
     paths, failed = collect_inputs(args.inputs)
@@ -179,7 +179,7 @@ def _batches(paths: Sequence[Path], batch_size: int, failed: list[str]) -> list[
 def _load(batch: Sequence[tuple[int, Path]], in_chans: int, failed: list[str], progress: Any) -> list[tuple[int, Path, torch.Tensor]]:
     """Reads a batch's images as model inputs (EXIF orientation applied); unreadable ones are warned about,
     added to ``failed`` and counted on the progress bar."""
-    from multitask_deeplab.predict import to_tensor
+    from multitask_deeplab.inference.predictor import to_tensor
 
     loaded = []
     for index, path in batch:
@@ -247,7 +247,7 @@ def save_depth_png(depth: np.ndarray, path: Path) -> None:
 
 def _atomic_save(path: Path, write: Any) -> None:
     """Writes through an open binary handle, atomically (a temp file renamed over ``path``)."""
-    from multitask_deeplab.engine.checkpoint import atomic_write
+    from multitask_deeplab.runtime.files import atomic_write
 
     def write_file(temp: Path) -> None:
         with open(temp, "wb") as handle:
@@ -276,7 +276,7 @@ def _export(args: argparse.Namespace) -> int:
         export_safetensors(model, out)
         print(f"wrote the weights of {args.checkpoint} to {out}")
         return 0
-    from multitask_deeplab.export import CHECK_SHAPES, TOLERANCE, export_onnx, onnx_max_difference, require_onnx
+    from multitask_deeplab.inference.export import CHECK_SHAPES, TOLERANCE, export_onnx, onnx_max_difference, require_onnx
 
     require_onnx()
     model, _, _ = model_from_checkpoint(args.checkpoint)

@@ -50,7 +50,7 @@ def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
 class ModelConfig:
     """The shared backbone, an optional trunk shared by the heads, and input normalisation.
 
-    ``shared_trunk`` is null, or the arguments of a :class:`~multitask_deeplab.heads.SharedTrunk` (``channels``,
+    ``shared_trunk`` is null, or the arguments of a :class:`~multitask_deeplab.models.heads.SharedTrunk` (``channels``,
     ``rates``, ``separable``, ``dropout``, ``in_index``): one ASPP run once for every task, whose output the heads
     read as the last feature level (give them ``trunk: light``).
     """
@@ -315,7 +315,7 @@ _Dumper.add_representer(list, _represent_list)
 def _parse(text: str, source: str, loader: type[_Loader] = _Loader) -> Any:
     """Parses YAML text; errors become one-line ``RecipeError``s that start with ``source``."""
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=loader)
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from None
     except yaml.MarkedYAMLError as err:

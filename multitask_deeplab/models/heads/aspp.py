@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from multitask_deeplab.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
+from multitask_deeplab.models.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
 
 TRUNKS = ("aspp", "conv", "light")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from multitask_deeplab.heads import DeepLabV3Head
-from multitask_deeplab.model import MultiTaskModel
+from multitask_deeplab.models.heads import DeepLabV3Head
+from multitask_deeplab.models.model import MultiTaskModel
 
 TORCHVISION_DEEPLABV3 = "torchvision-deeplabv3"
 _TORCHVISION_RATES = (12, 24, 36)
@@ -27,7 +27,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
+    except Exception as error:
         raise ValueError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from error
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {path} does not hold a flat state dict of tensors")

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multitask_deeplab.backbone import TimmBackbone, checkpoint
-from multitask_deeplab.heads import HEADS, DenseHead, SharedTrunk
-from multitask_deeplab.tasks import head_channels
-
-if TYPE_CHECKING:
-    from multitask_deeplab.recipe import Recipe
+from multitask_deeplab.models.backbone import TimmBackbone, checkpoint
+from multitask_deeplab.models.heads import HEADS, DenseHead, SharedTrunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,7 +41,7 @@ class MultiTaskModel(nn.Module):
     Args:
         backbone: The shared feature extractor.
         heads: One head per task, each mapping the feature list to a map at feature resolution.
-        trunk: Optional module shared by the heads (e.g. a :class:`~multitask_deeplab.heads.SharedTrunk`),
+        trunk: Optional module shared by the heads (e.g. a :class:`~multitask_deeplab.models.heads.SharedTrunk`),
             run once on the feature list; its output is appended to the list as the last level.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
@@ -191,26 +187,3 @@ def create_model(
             raise ValueError(f"head of task {task!r} needs out_channels (e.g. the number of classes)")
         built[task] = build_head(body, {k: v for k, v in cfg.items() if k != "out_channels"}, cfg["out_channels"], trunk)
     return MultiTaskModel(body, built, trunk=trunk, mean=mean, std=std)
-
-
-def build_model(recipe: Recipe) -> MultiTaskModel:
-    """Builds the model a recipe describes (weights from ``model.init_from`` are loaded too)."""
-    cfg = recipe.model
-    backbone = TimmBackbone(
-        cfg.backbone,
-        output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained,
-        in_chans=cfg.in_chans,
-        out_indices=cfg.out_indices,
-    )
-    trunk = build_trunk(backbone, cfg.shared_trunk)
-    heads = {
-        name: build_head(backbone, task.head, head_channels(task.kind, task.num_classes), trunk)
-        for name, task in recipe.tasks.items()
-    }
-    model = MultiTaskModel(backbone, heads, trunk=trunk, mean=cfg.mean, std=cfg.std)
-    if cfg.init_from:
-        from multitask_deeplab.convert import init_from
-
-        init_from(model, cfg.init_from)
-    return model

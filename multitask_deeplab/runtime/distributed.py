@@ -42,18 +42,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(preference: str, info: DistInfo) -> torch.device:
-    """The device from a recipe's ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device is {preference!r} but no CUDA device is available; use 'auto' or 'cpu'")
-        if preference == "cuda":
-            return torch.device("cuda", info.local_rank)
-    return torch.device(preference)
-
-
 def backend_for(device: str) -> str:
     """The process-group backend for a recipe's ``train.device``: NCCL when training on CUDA, gloo otherwise."""
     return "gloo" if device == "cpu" or not torch.cuda.is_available() else "nccl"

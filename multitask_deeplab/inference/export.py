@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from multitask_deeplab.engine.checkpoint import atomic_write
-from multitask_deeplab.model import MultiTaskModel
+from multitask_deeplab.models.model import MultiTaskModel
+from multitask_deeplab.runtime.files import atomic_write
 
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multitask_deeplab.heads.aspp import ASPP, ASPPConv, default_rates
-from multitask_deeplab.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
+from multitask_deeplab.models.heads.aspp import ASPP, ASPPConv, default_rates
+from multitask_deeplab.models.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
 
 
 @HEADS.register("deeplabv3plus")
