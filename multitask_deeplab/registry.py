@@ -9,6 +9,20 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownComponentError(ValueError):
+    """A name that is not registered; the message names the closest registered one.
+
+    Attributes:
+        kind: What the registry holds ("head", "loss", ...).
+        name: The name asked for.
+    """
+
+    def __init__(self, message: str, *, kind: str, name: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+
+
 class Registry(Generic[T]):
     """Maps names to classes or factory functions.
 
@@ -37,7 +51,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Callable[..., T]:
         """Returns the entry called ``name``, or raises a ``ValueError`` that suggests the closest name."""
         if name not in self._entries:
-            raise ValueError(self.unknown_message(name))
+            raise UnknownComponentError(self.unknown_message(name), kind=self.kind, name=str(name))
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from multitask_deeplab.config import recipe as R
-from multitask_deeplab.config.recipe import RecipeError
+from multitask_deeplab.config.validation import RecipeError, check_component
 from multitask_deeplab.registry import Registry
 
 BASE = """\
@@ -382,11 +382,11 @@ class Bare(nn.Module):
 
 
 def test_check_kwargs_accepts_valid_configs() -> None:
-    R.check_kwargs(THINGS, {"type": "plain", "rates": [1], "width": 4}, "tasks.seg.head", reserved=["in_channels"])
-    R.check_kwargs(THINGS, {"type": "needs", "depth": 2}, "tasks.seg.head", reserved=["in_channels"])
-    R.check_kwargs(THINGS, {"type": "open", "anything": 1}, "tasks.seg.head", reserved=["in_channels"])
-    R.check_kwargs(THINGS, {"type": "forwarding", "scale": 2, "rates": [1]}, "tasks.seg.head", reserved=["in_channels"])
-    R.check_kwargs(THINGS, {"type": "bare"}, "tasks.seg.head", reserved=["in_channels"])
+    check_component(THINGS, {"type": "plain", "rates": [1], "width": 4}, "tasks.seg.head", reserved=["in_channels"])
+    check_component(THINGS, {"type": "needs", "depth": 2}, "tasks.seg.head", reserved=["in_channels"])
+    check_component(THINGS, {"type": "open", "anything": 1}, "tasks.seg.head", reserved=["in_channels"])
+    check_component(THINGS, {"type": "forwarding", "scale": 2, "rates": [1]}, "tasks.seg.head", reserved=["in_channels"])
+    check_component(THINGS, {"type": "bare"}, "tasks.seg.head", reserved=["in_channels"])
 
 
 @pytest.mark.parametrize(
@@ -408,5 +408,5 @@ def test_check_kwargs_accepts_valid_configs() -> None:
 )
 def test_check_kwargs_errors(cfg: dict, expected: str) -> None:
     with pytest.raises(RecipeError) as info:
-        R.check_kwargs(THINGS, cfg, "tasks.seg.head", reserved=("in_channels",))
+        check_component(THINGS, cfg, "tasks.seg.head", reserved=("in_channels",))
     assert str(info.value) == expected

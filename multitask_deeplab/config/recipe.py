@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
 import math
 import operator
 import re
@@ -23,19 +22,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from multitask_deeplab.registry import Registry
+from multitask_deeplab.config.validation import RecipeError, did_you_mean
+from multitask_deeplab.config.yaml_io import Dumper, OverrideLoader, parse
 from multitask_deeplab.tasks import KINDS
 
 __all__ = [
     "DataConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
-    "apply_overrides", "check_kwargs", "dump", "from_dict", "load", "loads", "to_dict",
+    "apply_overrides", "dump", "from_dict", "load", "loads", "to_dict",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-class RecipeError(ValueError):
-    """A recipe problem; the message is one line that names the key and says the fix."""
 
 
 def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
@@ -237,94 +233,8 @@ class Recipe:
             if task not in self.tasks:
                 raise RecipeError(
                     f"train.best_metric: task {task!r} is not in tasks ({', '.join(self.tasks)})"
-                    + _did_you_mean(task, self.tasks)
+                    + did_you_mean(task, self.tasks)
                 )
-
-
-# ----------------------------------------------------------------------------------------------------------- YAML
-
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-# YAML 1.2 floats with an exponent and no dot or no exponent sign (1e-3, 5E4), which YAML 1.1 reads as strings.
-_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
-_FLOAT_FIRST = list("-+0123456789.")
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that also refuses duplicate keys and every explicit tag, and reads 1e-3 as a float."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        tag = getattr(event, "tag", None)
-        if tag is not None:
-            shown = tag.replace("tag:yaml.org,2002:", "!!")
-            raise RecipeError(
-                f"tag {shown!r} at line {event.start_mark.line + 1} is not allowed: recipes hold plain YAML only "
-                "(null, booleans, numbers, strings, lists, mappings)"
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable key: the base class reports it
-                continue
-            if duplicate:
-                line = key_node.start_mark.line + 1
-                raise RecipeError(f"duplicate key {key!r} at line {line} (YAML keeps only the last one)")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(_FLOAT_TAG, _EXP_FLOAT, _FLOAT_FIRST)
-
-
-class _OverrideLoader(_Loader):
-    """For command-line values: only true/false are booleans (YAML 1.2), so ``train.amp=off`` stays 'off'."""
-
-
-_OverrideLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
-}
-_OverrideLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes every string the loader would read as something else; flow style for lists of scalars only."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.SequenceNode:
-    flow = all(not isinstance(item, (list, dict)) for item in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_Dumper.add_implicit_resolver(_FLOAT_TAG, _EXP_FLOAT, _FLOAT_FIRST)
-_Dumper.add_representer(list, _represent_list)
-
-
-def _parse(text: str, source: str, loader: type[_Loader] = _Loader) -> Any:
-    """Parses YAML text; errors become one-line ``RecipeError``s that start with ``source``."""
-    try:
-        return yaml.load(text, Loader=loader)
-    except RecipeError as err:
-        raise RecipeError(f"{source}: {err}") from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = "; ".join(p for p in (err.context, err.problem) if p)
-        raise RecipeError(f"{source}: not valid YAML: {problem}{where}") from None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{source}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 # ----------------------------------------------------------------------------------------------------- public API
@@ -348,7 +258,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
 
 def loads(text: str, overrides: Iterable[str] = (), *, source: str = "<recipe>") -> Recipe:
     """Parses and validates recipe YAML text; ``source`` names it in parse errors."""
-    raw = _parse(text, source)
+    raw = parse(text, source)
     if not isinstance(raw, dict):
         got = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
         sections = ", ".join(_field_names(Recipe))
@@ -369,7 +279,7 @@ def to_dict(recipe: Any) -> dict[str, Any]:
 
 def dump(recipe: Recipe) -> str:
     """The recipe as YAML text that :func:`loads` reads back into an equal recipe."""
-    return yaml.dump(to_dict(recipe), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump(to_dict(recipe), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -385,7 +295,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise RecipeError(f"override {item!r}: expected dotted.key=value, e.g. train.epochs=20")
-        value = _parse(text, f"override {item!r}", _OverrideLoader)
+        value = parse(text, f"override {item!r}", OverrideLoader)
         node = result
         for depth, part in enumerate(parts[:-1], start=1):
             if node.get(part) is None:
@@ -395,73 +305,6 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             node = node[part]
         node[parts[-1]] = value
     return result
-
-
-def check_kwargs(registry: Registry, cfg: Mapping[str, Any], path: str, reserved: Iterable[str] = ()) -> None:
-    """Checks an open ``{type: name, **kwargs}`` mapping against the signature of the builder it names.
-
-    Args:
-        registry: Where ``cfg["type"]`` is registered.
-        cfg: The mapping from the recipe.
-        path: Its dotted key, for messages (e.g. ``"tasks.seg.head"``).
-        reserved: Keyword arguments the framework passes itself; the recipe must not set them.
-
-    Raises:
-        RecipeError: Unknown type, a key the builder does not take, a reserved key, or a required key missing.
-    """
-    if "type" not in cfg:
-        raise RecipeError(f"{path}.type: required key is missing (one of {', '.join(registry.names())})")
-    try:
-        builder = registry.get(cfg["type"])
-    except ValueError as err:
-        raise RecipeError(f"{path}.type: {err}") from None
-    reserved = set(reserved)
-    for key in cfg:
-        if key in reserved:
-            raise RecipeError(f"{path}.{key}: set by the framework itself; remove it from the recipe")
-    try:
-        params = list(inspect.signature(builder).parameters.values())
-        accepted = _accepted_keywords(builder)
-    except (TypeError, ValueError):  # no introspectable signature: the builder will check its arguments
-        return
-    if accepted is not None:
-        named = [name for name in accepted if name not in reserved]
-        for key in cfg:
-            if key != "type" and key not in named:
-                hint = _did_you_mean(key, named, prefix=f"{path}.") or (
-                    f": {registry.kind} {cfg['type']!r} takes {', '.join(named) or 'no keyword arguments'}"
-                )
-                raise RecipeError(f"unknown key {path}.{key}{hint}")
-    for p in params:
-        if _is_named(p) and p.name not in reserved and p.default is p.empty and p.name not in cfg:
-            raise RecipeError(f"{path}.{p.name}: required by {registry.kind} {cfg['type']!r}; add it")
-
-
-def _is_named(param: inspect.Parameter) -> bool:
-    return param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-
-
-def _accepted_keywords(builder: Any) -> list[str] | None:
-    """The keyword arguments ``builder`` accepts, ``None`` for any (a function taking ``**kwargs``).
-
-    A class whose ``__init__`` takes ``**kwargs`` is taken to pass them on to the next ``__init__`` in its MRO,
-    as cooperative classes do (``super().__init__(**kwargs)``; ``nn.Module`` passes its own on to ``object``,
-    which takes none), so the keywords of the whole chain are accepted and nothing else.
-    """
-    if not inspect.isclass(builder):
-        params = inspect.signature(builder).parameters.values()
-        return None if any(p.kind is p.VAR_KEYWORD for p in params) else [p.name for p in params if _is_named(p)]
-    names: dict[str, None] = {}
-    for cls in builder.__mro__:
-        if cls is object:
-            break
-        if "__init__" not in vars(cls):
-            continue
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
-        names.update(dict.fromkeys(p.name for p in params if _is_named(p)))
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return list(names)
 
 
 # ------------------------------------------------------------------------------------------------------ internals
@@ -482,12 +325,6 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
-    """``": did you mean <prefix><closest option>?"``, or ``""`` when no option is close."""
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f": did you mean {prefix}{close[0]}?" if close else ""
-
-
 def _build(cls: type, raw: Any, path: str) -> Any:
     """Fills dataclass ``cls`` from mapping ``raw`` at dotted ``path``, checking keys, types and values."""
     if not isinstance(raw, Mapping):
@@ -499,7 +336,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         if not isinstance(key, str):
             raise RecipeError(f"{_join(path, key)}: keys must be strings, got {key!r} ({type(key).__name__})")
         if key not in named and extra is None:
-            hint = _did_you_mean(key, named, prefix=_join(path, "")) or f": valid keys are {', '.join(named)}"
+            hint = did_you_mean(key, named, prefix=_join(path, "")) or f": valid keys are {', '.join(named)}"
             raise RecipeError(f"unknown key {_join(path, key)}{hint}")
     kwargs: dict[str, Any] = {}
     for name in named:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from multitask_deeplab.config.recipe import Recipe, RecipeError, check_kwargs
+from multitask_deeplab.config.recipe import Recipe
+from multitask_deeplab.config.validation import RecipeError, check_component
 from multitask_deeplab.data import DATASETS
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.losses import LOSSES
@@ -27,17 +28,17 @@ def check_components(recipe: Recipe) -> None:
     for name, task in recipe.tasks.items():
         path = f"tasks.{name}"
         try:
-            check_kwargs(HEADS, task.head, f"{path}.head", reserved=RESERVED_HEAD_ARGS)
+            check_component(HEADS, task.head, f"{path}.head", reserved=RESERVED_HEAD_ARGS)
         except RecipeError as error:
             if "unknown head" in str(error):
                 raise RecipeError(f"{error}; if it is your own head, pass --plugin <module that registers it>") from None
             raise
-        check_kwargs(LOSSES, task.loss, f"{path}.loss")
-    check_kwargs(WEIGHTINGS, recipe.weighting, "weighting", reserved=("task_names", "task_kinds"))
-    check_kwargs(DATASETS, recipe.data.dataset_cfg, "data", reserved=("split",))
+        check_component(LOSSES, task.loss, f"{path}.loss")
+    check_component(WEIGHTINGS, recipe.weighting, "weighting", reserved=("task_names", "task_kinds"))
+    check_component(DATASETS, recipe.data.dataset_cfg, "data", reserved=("split",))
     augment = Registry("augmentation")
     augment.register("augment")(build_augmentation)
-    check_kwargs(augment, {"type": "augment", **recipe.data.augment}, "data.augment", reserved=("ignore_index",))
+    check_component(augment, {"type": "augment", **recipe.data.augment}, "data.augment", reserved=("ignore_index",))
 
 
 def build_losses(recipe: Recipe) -> dict[str, nn.Module]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -44,36 +43,3 @@ def check_same_shape(name: str, pred: torch.Tensor, target: torch.Tensor) -> Non
         raise ValueError(
             f"{name} needs pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
-
-
-def check_number(
-    name: str,
-    arg: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Returns ``value`` as a float after checking it is a finite number in ``[low, high]``.
-
-    Args:
-        name: The loss name, for the message.
-        arg: The argument name, for the message.
-        value: The value to check (booleans are refused, as YAML reads ``on``/``no`` as booleans).
-        low: Smallest allowed value, or ``None``.
-        high: Largest allowed value, or ``None``.
-        low_open: Whether ``low`` itself is excluded.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} {arg} must be a finite number, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high:
-        lower = "-inf" if low is None else f"{low}"
-        upper = "inf" if high is None else f"{high}"
-        raise ValueError(
-            f"{name} {arg} must lie in {'(' if low_open else '['}{lower}, {upper}], got {value!r}; "
-            "pick a value in that range"
-        )
-    return float(value)

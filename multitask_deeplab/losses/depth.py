@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from multitask_deeplab.losses.base import LOSSES, DenseLoss, check_number, check_same_shape, zero_loss
+from multitask_deeplab.config.validation import check_number
+from multitask_deeplab.losses.base import LOSSES, DenseLoss, check_same_shape, zero_loss
 
 
 class DepthLoss(DenseLoss):

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from multitask_deeplab.losses.base import LOSSES, DenseLoss, check_number, zero_loss
+from multitask_deeplab.config.validation import check_number
+from multitask_deeplab.losses.base import LOSSES, DenseLoss, zero_loss
 
 
 @LOSSES.register("cross_entropy")

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from multitask_deeplab.losses.base import check_number
+from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.losses.normals import valid_normals
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from multitask_deeplab.losses.base import check_number
+from multitask_deeplab.config.validation import check_choice, check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, GradientWeighting, SeededMixin
 from multitask_deeplab.weighting.gradients import (
     accumulate_grads_,
@@ -30,11 +30,6 @@ from multitask_deeplab.weighting.solvers import (
 
 if TYPE_CHECKING:
     from multitask_deeplab.models.model import SharedFeatures
-
-
-def _choice(name: str, value: object, choices: Sequence[object]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 @WEIGHTINGS.register("pcgrad")
@@ -82,8 +77,8 @@ class MGDA(GradientWeighting):
 
     def __init__(self, *, mode: str = "features", normalization: str = "none", **base: Any) -> None:
         super().__init__(**base)
-        _choice("mode", mode, ("features", "params"))
-        _choice("normalization", normalization, ("none", "l2", "loss", "loss+"))
+        check_choice("mgda", "mode", mode, ("features", "params"))
+        check_choice("mgda", "normalization", normalization, ("none", "l2", "loss", "loss+"))
         self.mode = mode
         self.normalization = normalization
 
@@ -149,7 +144,7 @@ class CAGrad(GradientWeighting):
 
     def __init__(self, *, c: float = 0.4, rescale: int = 1, **base: Any) -> None:
         super().__init__(**base)
-        _choice("rescale", rescale, (0, 1, 2))
+        check_choice("cagrad", "rescale", rescale, (0, 1, 2))
         self.c = check_number("cagrad", "c", c, low=0.0)
         self.rescale = rescale
 
@@ -189,7 +184,7 @@ class AlignedMTL(GradientWeighting):
 
     def __init__(self, *, scale_mode: str = "min", **base: Any) -> None:
         super().__init__(**base)
-        _choice("scale_mode", scale_mode, ("min", "median", "rmse"))
+        check_choice("aligned_mtl", "scale_mode", scale_mode, ("min", "median", "rmse"))
         self.scale_mode = scale_mode
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from multitask_deeplab.losses.base import check_number
+from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, LossWeighting, SeededMixin
 from multitask_deeplab.weighting.gradients import all_reduce_mean_, scale_losses, task_gradients
 from multitask_deeplab.weighting.solvers import adam_step_
