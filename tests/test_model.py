@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.models.backbone import TimmBackbone
 from multitask_deeplab.models.heads import HEADS, DenseHead
 from multitask_deeplab.models.heads.aspp import ASPP, default_rates
-from multitask_deeplab.models.model import MultiTaskModel, SharedFeatures
+from multitask_deeplab.models.model import MultiTaskModel
+from multitask_deeplab.weighting.gradients import SharedFeatures
 
 HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "depthplus": 1, "normals": 3}
 SMALL = {"channels": 16}
@@ -72,12 +74,12 @@ def test_depth_heads_share_their_output_range_and_its_checks(head_type):
 
 
 @pytest.mark.parametrize("trunk", [False, True], ids=["backbone", "shared_trunk"])
-def test_return_features_gives_the_same_outputs_from_detached_leaves(trunk):
+def test_shared_features_forward_gives_the_same_outputs_from_detached_leaves(trunk):
     model = shared_trunk_model() if trunk else build("resnet18", 16, ["deeplabv3plus", "depth"])
     model.eval()
     image = torch.rand(2, 3, 32, 32)
     plain = model(image)
-    outputs, shared = model(image, return_features=True)
+    outputs, shared = forward_with_shared_features(model, image)
     assert isinstance(shared, SharedFeatures) and len(shared.leaves) == len(shared.tensors) == 5 + trunk
     for task, output in plain.items():
         torch.testing.assert_close(outputs[task], output, rtol=0, atol=0)
@@ -176,7 +178,7 @@ def test_shared_trunk_runs_once_and_counts_as_shared():
     calls = []
     model.trunk.register_forward_hook(lambda *args: calls.append(1))
     image = torch.rand(2, 3, 64, 48)
-    outputs, features = model(image, return_features=True)
+    outputs, features = forward_with_shared_features(model, image)
     assert len(calls) == 1
     assert outputs["seg"].shape == (2, 4, 64, 48) and outputs["depth"].shape == (2, 1, 64, 48)
     assert features.tensors[-1].shape == (2, 16, 4, 3)  # the trunk's output, read by the heads as the last level

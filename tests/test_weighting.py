@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multitask_deeplab.models.model import SharedFeatures, create_model
+from multitask_deeplab.engine.features import forward_with_shared_features
+from multitask_deeplab.models.model import create_model
 from multitask_deeplab.weighting import WEIGHTINGS, Weighting
-from multitask_deeplab.weighting.gradients import all_reduce_grads_, all_reduce_mean_
+from multitask_deeplab.weighting.gradients import SharedFeatures, all_reduce_grads_, all_reduce_mean_
 from multitask_deeplab.weighting.solvers import (
     adam_step_,
     aligned_mtl_matrix,
@@ -36,18 +37,17 @@ def build(name: str, tasks: list[str] = TASKS, **args: object) -> Weighting:
 
 class TinyNet(nn.Module):
     """A two-layer conv trunk and a segmentation + a depth head; like ``MultiTaskModel``, the heads read a
-    detached leaf of the shared feature with ``return_features=True``."""
+    ``feature_hook``'s list (detached leaves under ``forward_with_shared_features``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
         self.heads = nn.ModuleDict({"seg": nn.Conv2d(4, 3, 1), "depth": nn.Conv2d(4, 1, 1)})
 
-    def forward(self, image: Tensor, *, return_features: bool = False):
+    def forward(self, image: Tensor, *, feature_hook=None):
         features = [self.trunk(image)]
-        read = [f.detach().requires_grad_() for f in features] if return_features else features
-        outputs = {task: head(read[0]) for task, head in self.heads.items()}
-        return (outputs, SharedFeatures(features, read)) if return_features else outputs
+        read = features if feature_hook is None else feature_hook(features)
+        return {task: head(read[0]) for task, head in self.heads.items()}
 
 
 def make_batch(size: int = 4, seed: int = 0, side: int = 8) -> dict[str, Tensor]:
@@ -62,8 +62,7 @@ def make_batch(size: int = 4, seed: int = 0, side: int = 8) -> dict[str, Tensor]
 def task_losses(
     model: nn.Module, batch: dict[str, Tensor], *, return_features: bool = False, empty_depth: bool = False
 ) -> tuple[SharedFeatures | None, dict[str, Tensor]]:
-    out = model(batch["image"], return_features=return_features)
-    out, features = out if return_features else (out, None)
+    out, features = forward_with_shared_features(model, batch["image"]) if return_features else (model(batch["image"]), None)
     depth = out["depth"].sum() * 0.0 if empty_depth else F.l1_loss(out["depth"], batch["depth"])
     return features, {"seg": F.cross_entropy(out["seg"], batch["seg"]), "depth": depth}
 

@@ -22,6 +22,7 @@ from multitask_deeplab.engine.build import build_losses, build_model, build_weig
 from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
+from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from multitask_deeplab.runtime.device import resolve_device
@@ -272,8 +273,10 @@ class Trainer:
         needs_features = self.weighting.needs_features
         with self.model.no_sync() if separate else contextlib.nullcontext():
             with autocast(self.device, self.amp):
-                result = self.model(batch["image"], return_features=needs_features)
-            outputs, features = result if needs_features else (result, None)
+                if needs_features:
+                    outputs, features = forward_with_shared_features(self.model, batch["image"])
+                else:
+                    outputs, features = self.model(batch["image"]), None
             losses = self._losses(outputs, batch)
             # Every process learns which tasks went non-finite anywhere, so all skip (or stop) together.
             finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,21 +15,6 @@ from multitask_deeplab.models.heads import HEADS, DenseHead, SharedTrunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class SharedFeatures(NamedTuple):
-    """The shared representation of a forward with ``return_features=True``.
-
-    Attributes:
-        tensors: The graph-connected shared features: the backbone's levels, then the shared trunk's output
-            if there is one.
-        leaves: Detached copies of ``tensors`` that require grad, the only inputs the heads read: the gradient
-            of a task loss w.r.t. ``leaves`` is its direct partial derivative w.r.t. each level, without the
-            paths through later levels computed from it.
-    """
-
-    tensors: list[torch.Tensor]
-    leaves: list[torch.Tensor]
 
 
 class MultiTaskModel(nn.Module):
@@ -88,26 +73,25 @@ class MultiTaskModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
         self.grad_checkpointing = enable
 
-    def forward(self, image: torch.Tensor, *, return_features: bool = False) -> Any:
+    def forward(
+        self, image: torch.Tensor, *, feature_hook: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Predicts every task.
 
         Args:
             image: ``B x C x H x W`` in [0, 1]; any H and W.
-            return_features: Also return the shared representation as :class:`SharedFeatures`. The heads then
-                read its detached ``leaves``, so the task losses do NOT reach the backbone (or the shared
-                trunk) through autograd on their own: the caller must backpropagate a combination of the
-                ``d loss / d leaves`` into ``tensors``, e.g.
-                ``torch.autograd.backward(shared.tensors, grad_tensors=...)`` (as MGDA-UB does).
+            feature_hook: Called with the shared features (the backbone's levels, then the shared trunk's output);
+                the heads read the list it returns instead. Representation-level weighting uses it to give the
+                heads detached copies (see :func:`multitask_deeplab.engine.features.forward_with_shared_features`).
 
         Returns:
-            ``{task: B x C_t x H x W}``, or ``(outputs, SharedFeatures)`` when ``return_features``.
+            ``{task: B x C_t x H x W}`` at the input size.
         """
         features = self.backbone((image - self.mean) / self.std)
         if self.trunk is not None:
             features = [*features, self._run(self.trunk, features)]
-        read = [f.detach().requires_grad_() for f in features] if return_features else features
-        outputs = {task: self._decode(head, read, image.shape[-2:]) for task, head in self.heads.items()}
-        return (outputs, SharedFeatures(features, read)) if return_features else outputs
+        read = features if feature_hook is None else feature_hook(features)
+        return {task: self._decode(head, read, image.shape[-2:]) for task, head in self.heads.items()}
 
     def _run(self, module: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

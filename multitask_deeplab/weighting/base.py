@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from multitask_deeplab.registry import Registry
 from multitask_deeplab.weighting.gradients import (
+    SharedFeatures,
     accumulate_grads_,
     all_reduce_grads_,
     all_reduce_mean_,
@@ -17,9 +18,6 @@ from multitask_deeplab.weighting.gradients import (
     task_gradients,
     unflatten,
 )
-
-if TYPE_CHECKING:
-    from multitask_deeplab.models.model import SharedFeatures
 
 WEIGHTINGS: Registry = Registry("weighting")
 
@@ -98,7 +96,7 @@ class Weighting(nn.Module):
             losses: ``{task: scalar loss}``, unweighted, float32, with their autograd graphs.
             shared_parameters: The backbone's parameters that require grad.
             head_parameters: Every other model parameter that requires grad (the task heads).
-            features: The model's shared features, ``model(image, return_features=True)[1]``, when
+            features: The model's shared features, ``forward_with_shared_features(model, image)[1]``, when
                 :attr:`needs_features` (the heads then read its detached ``leaves``); ``None`` otherwise.
             scaler: A ``torch.amp.GradScaler`` or ``None``; gradients written are scaled like ``scaler.scale``.
         """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,6 +12,7 @@ from torch import Tensor
 from multitask_deeplab.config.validation import check_choice, check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, GradientWeighting, SeededMixin
 from multitask_deeplab.weighting.gradients import (
+    SharedFeatures,
     accumulate_grads_,
     all_reduce_grads_,
     all_reduce_mean_,
@@ -27,9 +28,6 @@ from multitask_deeplab.weighting.solvers import (
     nash_coefficients,
     pcgrad_projection,
 )
-
-if TYPE_CHECKING:
-    from multitask_deeplab.models.model import SharedFeatures
 
 
 @WEIGHTINGS.register("pcgrad")
@@ -59,7 +57,7 @@ class MGDA(GradientWeighting):
     The shared update is the min-norm point of the convex hull of the task gradients (weights summing to 1),
     found by Frank-Wolfe (:func:`min_norm_coefficients`). With ``mode="features"`` (MGDA-UB, the paper's
     upper-bound variant; the default) the weights come from the gradients w.r.t. the shared features, the
-    :class:`~multitask_deeplab.models.model.SharedFeatures` that ``model(image, return_features=True)`` returns and
+    :class:`~multitask_deeplab.weighting.gradients.SharedFeatures` that ``forward_with_shared_features(model, image)`` returns and
     ``backward`` takes as ``features``. The heads read its detached ``leaves``, so ``dL_t/dleaves`` are the
     direct partials of each level (a total derivative w.r.t. a level would also contain the paths through the
     deeper levels computed from it, and count them twice); the backbone then takes one backward of
@@ -113,7 +111,7 @@ class MGDA(GradientWeighting):
         if features is None:
             raise ValueError(
                 "mgda with mode='features' needs the backbone's output features: pass "
-                "features=model(image, return_features=True)[1], or use mode='params'"
+                "features=forward_with_shared_features(model, image)[1], or use mode='params'"
             )
         vector = self.stack(losses)
         scaled, scale = scale_losses(vector, scaler)

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+class SharedFeatures(NamedTuple):
+    """The shared representation of one forward pass, for representation-level strategies (MGDA-UB).
+
+    Attributes:
+        tensors: The graph-connected shared features: the backbone's levels, then the shared trunk's output
+            if there is one.
+        leaves: Detached copies of ``tensors`` that require grad, the only inputs the heads read: the gradient
+            of a task loss w.r.t. ``leaves`` is its direct partial derivative w.r.t. each level, without the
+            paths through later levels computed from it.
+    """
+
+    tensors: list[Tensor]
+    leaves: list[Tensor]
 
 
 def is_distributed() -> bool:

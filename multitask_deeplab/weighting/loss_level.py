@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, LossWeighting, SeededMixin
-from multitask_deeplab.weighting.gradients import all_reduce_mean_, scale_losses, task_gradients
+from multitask_deeplab.weighting.gradients import SharedFeatures, all_reduce_mean_, scale_losses, task_gradients
 from multitask_deeplab.weighting.solvers import adam_step_
-
-if TYPE_CHECKING:
-    from multitask_deeplab.models.model import SharedFeatures
 
 
 @WEIGHTINGS.register("fixed")
