@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from multitask_deeplab.runtime.files import atomic_write
 
 INVALID_GREY = (128, 128, 128)
 """Colour of pixels without a valid depth or normal."""
@@ -226,14 +227,7 @@ def save_png(array: Any, path: str | os.PathLike, palette: Sequence[int] | None 
         picture.putpalette(list(palette))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            picture.save(file, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
     return path
 
 

@@ -100,7 +100,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monke
     save_checkpoint(path, {"step": 1, "weight": torch.ones(3)})
 
     def disk_full(obj, file):
-        Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        file.write(b"PK\x03\x04 half a zip")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)

@@ -210,12 +210,12 @@ def test_duplicate_key_names_key_and_line() -> None:
     assert "duplicate key 'seg'" in error(BASE + BASE[len("tasks:\n"):])
 
 
-def test_merge_keys_may_be_overridden() -> None:
-    text = BASE + "x_common: &common {type: fixed, a: 1}\n"
-    with pytest.raises(RecipeError, match="unknown key x_common"):  # anchors parse; the unknown section is refused
-        loads(text)
-    recipe = loads(BASE + "weighting:\n  <<: {type: fixed, a: 1}\n  a: 2\n")
-    assert recipe.weighting == {"type": "fixed", "a": 2}
+def test_anchors_aliases_and_merge_keys_are_refused_naming_the_line() -> None:
+    assert error(BASE + "x_common: &common {type: fixed, a: 1}\n").startswith("<recipe>: anchor &common at line 7 is not allowed")
+    assert error(BASE + "weighting: *common\n").startswith("<recipe>: alias *common at line 7 is not allowed")
+    assert error(BASE + "weighting:\n  <<: {type: fixed, a: 1}\n  a: 2\n") == (
+        "<recipe>: merge key '<<' at line 8 is not allowed: write the keys out"
+    )
 
 
 def test_tags_are_refused_without_running_anything(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ dropout and random augmentation on)."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -72,12 +73,23 @@ def test_sigterm_then_resume_auto_is_bit_identical_to_a_straight_run(tmp_path, c
     assert a["rng"]["torch"].equal(b["rng"]["torch"]) and a["rng"]["numpy"] == b["rng"]["numpy"]
 
 
-def test_starting_afresh_in_a_used_folder_drops_the_old_step_log(tmp_path):
-    recipe = write_recipe(tmp_path)
-    args = ["train", str(recipe), f"train.output_dir={tmp_path / 'run'}", "train.steps=2", "--no-progress"]
-    assert main(args) == 0
-    assert main(args) == 0
-    assert [row["step"] for row in read_steps(tmp_path / "run")] == [1, 2]
+def test_a_used_folder_is_refused_without_resume_and_overwrite_starts_it_afresh(tmp_path, capsys):
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+    args = ["train", str(recipe), f"train.output_dir={run}"]
+    assert main([*args, "train.steps=3", "--no-progress"]) == 0
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "recipe.yaml", "steps.jsonl", "metrics.jsonl")}
+    capsys.readouterr()
+    assert main([*args, "train.steps=2", "train.seed=1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"mtdl: error: {run} already holds a run (last.pt, best.pt, metrics.jsonl, metrics.csv, steps.jsonl): continue it "
+        "with --resume auto, start it afresh with --overwrite (deletes them), or set train.output_dir to a new folder\n"
+    )
+    assert {name: (run / name).read_bytes() for name in before} == before, "nothing was written"
+    assert main([*args, "train.steps=2", "train.seed=1", "--no-progress", "--overwrite"]) == 0
+    assert [row["step"] for row in read_steps(run)] == [1, 2]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert load(run / "last.pt")["step"] == 2 and load(run / "best.pt")["step"] == 2
 
 
 @pytest.mark.parametrize(("before", "after"), [("off", "fp16"), ("fp16", "off")])

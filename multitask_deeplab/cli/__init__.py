@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,9 @@ from pathlib import Path
 from multitask_deeplab.cli.predict import add_commands
 
 EXIT_BAD_INPUT = 2
+EXIT_CANNOT_WRITE = 4
+EVALUATE_SECTIONS = ("data", "eval")
+"""The recipe sections ``mtdl evaluate`` may override: where the data is and how to batch it, not the model."""
 
 
 def _load_checked(args: argparse.Namespace):
@@ -30,14 +35,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(recipe_module.dump(recipe), end="")
         return 0
-    Trainer(recipe, resume=args.resume, show_progress=not args.no_progress).fit()
+    Trainer(recipe, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress).fit()
     return 0
 
 
 def _baselines(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.sweep import train_baselines
 
-    train_baselines(_load_checked(args), show_progress=not args.no_progress)
+    train_baselines(_load_checked(args), overwrite=args.overwrite, show_progress=not args.no_progress)
     return 0
 
 
@@ -52,7 +57,7 @@ def _sweep(args: argparse.Namespace) -> int:
     strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
     for strategy in strategies:
         registry.get(strategy)
-    rows = sweep(recipe, strategies, show_progress=not args.no_progress)
+    rows = sweep(recipe, strategies, overwrite=args.overwrite, show_progress=not args.no_progress)
     columns = [f"{name}.{task_metrics({name: task})[name].PRIMARY}" for name, task in recipe.tasks.items()]
     table = format_sweep(rows, columns)
     print("val-split metrics of each final model (the test split is never used for selection):")
@@ -64,7 +69,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
+    from multitask_deeplab.config import recipe as recipe_module
+    from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader, shutdown_workers
     from multitask_deeplab.engine.delta_m import recipe_delta_m
     from multitask_deeplab.engine.evaluate import evaluate
     from multitask_deeplab.engine.logs import format_table
@@ -74,8 +80,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from multitask_deeplab.runtime.files import atomic_write
     from multitask_deeplab.runtime.precision import resolve_amp
 
+    for item in args.overrides:
+        if item.partition(".")[0] not in EVALUATE_SECTIONS:
+            raise ValueError(
+                f"override {item!r}: evaluate takes {' and '.join(f'{s}.*' for s in EVALUATE_SECTIONS)} overrides only "
+                "(e.g. data.root=/new/place); the model and tasks come from the checkpoint"
+            )
     device = resolve_device(args.device)
     model, recipe, _ = model_from_checkpoint(args.checkpoint, device)
+    recipe = recipe_module.from_dict(recipe_module.apply_overrides(recipe_module.to_dict(recipe), args.overrides))
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
@@ -88,7 +101,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     channels_last = recipe.train.channels_last  # the trainer's evaluation settings, so its figures come out again
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metrics = evaluate(model, loader, recipe.tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
+    try:
+        metrics = evaluate(model, loader, recipe.tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
+    finally:
+        shutdown_workers(loader)
     delta = recipe_delta_m(recipe, metrics)
     report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
@@ -98,6 +114,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if delta is not None:
         print(f"  Δm vs single-task baselines ({recipe.eval.delta_m} protocol): {delta:+.2f} %")
     print(f"saved to {out}")
+    if broken := [key for key, value in metrics.items() if "/" not in key and not math.isfinite(value)]:
+        print(
+            f"mtdl: error: {', '.join(broken)} {'is' if len(broken) == 1 else 'are'} not finite: the model predicts NaN or "
+            f"infinity, or the {args.split} split has no valid target pixel for them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -105,7 +128,14 @@ def _list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
         from multitask_deeplab.models.catalog import dilatable_backbones
 
-        names = dilatable_backbones(args.output_stride, args.filter)
+        names = dilatable_backbones(args.output_stride, args.filter, show_progress=not args.no_progress)
+        if not names:
+            print(
+                f"mtdl: no timm backbone matching {args.filter!r} runs at output stride {args.output_stride}; try another "
+                "--filter (a timm wildcard such as 'resnet*') or --output-stride",
+                file=sys.stderr,
+            )
+            return 1
     else:
         from multitask_deeplab.engine.build import REGISTRIES
 
@@ -119,18 +149,32 @@ def _data(args: argparse.Namespace) -> int:
     from multitask_deeplab.data.loader import build_dataset
 
     recipe = recipe_module.load(args.recipe, args.overrides)
-    dataset = build_dataset(recipe, args.split)
     if args.action == "sheet":
         from multitask_deeplab.visualize import save_sample_sheet
 
+        dataset = build_dataset(recipe, args.split or "train")
         save_sample_sheet(dataset, args.out, indices=range(min(args.count, len(dataset))))
         print(f"wrote {args.out}")
         return 0
     from multitask_deeplab.data.verify import verify_dataset
 
-    report = verify_dataset(dataset)
-    print(report)
-    return 0 if report.ok else 1
+    ok, checked = True, {}
+    for split in [args.split] if args.split else ["train", "val", "test"]:
+        try:
+            dataset = build_dataset(recipe, split)
+        except ValueError as error:
+            print(f"{split}: {error}")
+            ok = False
+            continue
+        same = next((name for name, names in checked.items() if names is not None and names == getattr(dataset, "names", None)), None)
+        if same:
+            print(f"{split}: the same samples as {same} (checked above)")
+            continue
+        checked[split] = getattr(dataset, "names", None)
+        report = verify_dataset(dataset)
+        print(f"{split}: {report}")
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
     evaluate.add_argument("checkpoint")
+    evaluate.add_argument("overrides", nargs="*", help="data.* and eval.* overrides, e.g. data.root=/moved/data")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint)")
@@ -173,13 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", choices=("heads", "losses", "weightings", "datasets", "backbones"))
     listing.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32), help="for backbones")
     listing.add_argument("--filter", default="*", help="for backbones: a timm wildcard such as 'resnet*'")
+    listing.add_argument("--no-progress", action="store_true", help="for backbones: no progress bar")
     listing.set_defaults(run=_list)
 
     data = commands.add_parser("data", help="look at or check a recipe's dataset")
     data.add_argument("action", choices=("sheet", "verify"))
     data.add_argument("recipe")
     data.add_argument("overrides", nargs="*")
-    data.add_argument("--split", choices=("train", "val", "test"), default="train")
+    data.add_argument("--split", choices=("train", "val", "test"), help="the split (default: train for sheet, all for verify)")
     data.add_argument("--out", default="samples.png", help="for sheet: the PNG to write")
     data.add_argument("--count", type=int, default=4, help="for sheet: number of samples")
     data.set_defaults(run=_data)
@@ -187,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
     for sub in (train, baselines, sweep, evaluate, data):
         sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
+    for sub in (train, baselines, sweep):
+        sub.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that already holds a run")
     return parser
 
 
@@ -195,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from multitask_deeplab.engine.trainer import TrainingStopped
     from multitask_deeplab.plugins import import_plugins
+    from multitask_deeplab.runtime.files import WriteError
 
     try:
         import_plugins(getattr(args, "plugin", []))
@@ -202,12 +251,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as stop:
         print(f"mtdl: {stop}", file=sys.stderr)
         return stop.exit_code
+    except BrokenPipeError:  # the reader went away (`mtdl list backbones | head`): say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except WriteError as error:
+        print(f"mtdl: {error}; free space or fix the folder's permissions, or write elsewhere", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
     except (ValueError, OSError) as error:
-        print(f"mtdl: error: {error}", file=sys.stderr)
+        print(f"mtdl: error: {_reason(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("mtdl: interrupted", file=sys.stderr)
         return 130
+
+
+def _reason(error: Exception) -> str:
+    """The error's message; for one raised in a DataLoader worker, the original message, not the worker's traceback."""
+    text = str(error)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "ValueError: <the original message>"
+        return last.partition(": ")[2] or last
+    return text
 
 
 if __name__ == "__main__":

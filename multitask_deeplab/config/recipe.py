@@ -28,10 +28,12 @@ from multitask_deeplab.tasks import KINDS
 
 __all__ = [
     "DataConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
-    "apply_overrides", "dump", "from_dict", "load", "loads", "to_dict",
+    "apply_overrides", "differences", "dump", "from_dict", "load", "loads", "to_dict",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+MAX_RECIPE_BYTES = 2**20
+"""Largest recipe file read (a recipe takes a few KB): a bigger one is refused before it is parsed."""
 
 
 def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
@@ -248,7 +250,11 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         overrides: ``dotted.key=value`` strings applied before validation (see :func:`apply_overrides`).
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+        if len(data) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {path} is larger than {MAX_RECIPE_BYTES // 2**20} MiB: is it a recipe? (recipes take a few KB)")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -280,6 +286,25 @@ def to_dict(recipe: Any) -> dict[str, Any]:
 def dump(recipe: Recipe) -> str:
     """The recipe as YAML text that :func:`loads` reads back into an equal recipe."""
     return yaml.dump(to_dict(recipe), Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], sections: Iterable[str]) -> list[str]:
+    """The dotted keys of ``sections`` whose values differ between two plain recipe dicts (as :func:`to_dict` makes
+    them), each as ``"key (old -> new)"``; a key missing on one side shows as ``unset``."""
+    flat_old, flat_new = _flatten({s: old.get(s) for s in sections}), _flatten({s: new.get(s) for s in sections})
+    keys = dict.fromkeys([*flat_old, *flat_new])
+    return [
+        f"{key} ({flat_old.get(key, 'unset')} -> {flat_new.get(key, 'unset')})" for key in keys if flat_old.get(key, _UNSET) != flat_new.get(key, _UNSET)
+    ]
+
+
+_UNSET = object()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping) or not tree:
+        return {prefix: tree}
+    return {key: value for name, sub in tree.items() for key, value in _flatten(sub, _join(prefix, name)).items()}
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Strict YAML for recipes: safe loading that refuses duplicate keys and tags and reads ``1e-3`` as a float."""
+"""Strict YAML for recipes: safe loading that refuses duplicate keys, tags, anchors, aliases, merge keys and deep
+nesting, and reads ``1e-3`` as a float."""
 
 from __future__ import annotations
 
@@ -15,27 +16,46 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # YAML 1.2 floats with an exponent and no dot or no exponent sign (1e-3, 5E4), which YAML 1.1 reads as strings.
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 _FLOAT_FIRST = list("-+0123456789.")
+MAX_DEPTH = 32
+"""Deepest nesting of lists and mappings a recipe may have (the built-in sections need 5)."""
 
 
 class Loader(yaml.SafeLoader):
-    """Safe YAML that also refuses duplicate keys and every explicit tag, and reads 1e-3 as a float."""
+    """Safe YAML that also refuses duplicate keys, every explicit tag, anchors and aliases (so a "billion laughs"
+    alias bomb is refused before anything expands), merge keys and nesting deeper than :data:`MAX_DEPTH`, and reads
+    1e-3 as a float."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
+        line = event.start_mark.line + 1
         tag = getattr(event, "tag", None)
         if tag is not None:
             shown = tag.replace("tag:yaml.org,2002:", "!!")
             raise RecipeError(
-                f"tag {shown!r} at line {event.start_mark.line + 1} is not allowed: recipes hold plain YAML only "
+                f"tag {shown!r} at line {line} is not allowed: recipes hold plain YAML only "
                 "(null, booleans, numbers, strings, lists, mappings)"
             )
-        return super().compose_node(parent, index)
+        if event.anchor is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise RecipeError(
+                f"{'alias' if sign == '*' else 'anchor'} {sign}{event.anchor} at line {line} is not allowed: recipes hold "
+                "plain YAML without anchors and aliases; write the values out (or use command-line overrides)"
+            )
+        self._depth = getattr(self, "_depth", 0) + 1
+        if self._depth > MAX_DEPTH:
+            raise RecipeError(f"nesting deeper than {MAX_DEPTH} levels at line {line}: recipes nest a few levels only")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG:
-                continue
+                raise RecipeError(
+                    f"merge key '<<' at line {key_node.start_mark.line + 1} is not allowed: write the keys out"
+                )
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

@@ -271,16 +271,23 @@ def verify_dataset(dataset: Dataset) -> VerifyReport:
     split = getattr(dataset, "split", None)
     report = VerifyReport(type(dataset).__name__ + (f" ({split})" if split else ""), len(dataset))
     names = getattr(dataset, "names", None)
+    examples: dict[tuple[int, ...], list[str]] = {}
     for index in range(len(dataset)):
+        name = names[index] if names else f"sample {index}"
         try:
             sample, counts = dataset.load(index) if isinstance(dataset, FileDataset) else (dataset[index], Counter())
         except ValueError as error:
-            report.problems.append(f"{names[index] if names else f'sample {index}'}: {error}")
+            report.problems.append(f"{name}: {error}")
             continue
         report.counts += counts
-        report.sizes[tuple(sample["image"].shape[-2:])] += 1
+        size = tuple(sample["image"].shape[-2:])
+        report.sizes[size] += 1
+        examples.setdefault(size, []).append(str(name))
     if len(report.sizes) > 1:
-        report.problems.append("images have different sizes, so batches cannot be stacked: set size: [h, w] "
+        shown = "; ".join(
+            f"{'x'.join(map(str, size))}: {count} (e.g. {', '.join(examples[size][:3])})" for size, count in report.sizes.most_common()
+        )
+        report.problems.append(f"images have different sizes, so batches cannot be stacked ({shown}): set size: [h, w] "
                                "in the data section to resize on load")
     return report
 

@@ -17,8 +17,42 @@ FORMAT = "multitask_deeplab/1"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Saves a checkpoint dict of plain types and tensors atomically."""
-    atomic_write(path, lambda temp: torch.save({"format": FORMAT, **state}, temp))
+    """Saves a checkpoint dict of plain types and tensors atomically.
+
+    Raises:
+        WriteError: naming ``path`` and the operating system's reason (e.g. a full disk); any previous file at
+            ``path`` is intact.
+    """
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            writer = _ErrorKeepingWriter(handle)
+            try:
+                torch.save({"format": FORMAT, **state}, writer)
+            except RuntimeError:
+                if writer.error is not None:  # torch's zip writer hides the OSError behind its own message
+                    raise writer.error from None
+                raise
+
+    atomic_write(path, write)
+
+
+class _ErrorKeepingWriter:
+    """A binary file wrapper that remembers the ``OSError`` of a failed write."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -56,10 +90,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def export_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
     """Writes the model's weights (no code, no pickle) as ``.safetensors``, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda temp: save_file(state, str(temp)))
+    data = save(state)  # bytes written by Python, so a full disk is an OSError, not a SafetensorError
+    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def load_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
@@ -70,14 +105,37 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
         state = load_file(str(path))
     except Exception as error:
         raise ValueError(f"cannot read safetensors file {path}: {error}") from error
-    expected = unwrap(model).state_dict()
+    if problem := state_mismatch(unwrap(model).state_dict(), state):
+        raise ValueError(f"{path} does not fit the model: {problem}")
+    unwrap(model).load_state_dict(state)
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> str | None:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``, or None.
+
+    Returns:
+        e.g. "0 missing, 0 unexpected and 2 differently shaped tensors, e.g. heads.seg.conv.weight (checkpoint
+        32x64x1x1, model 8x64x1x1)".
+    """
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    reshaped = [key for key in state if key in expected and state[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
-        keys = ", ".join((missing + unexpected + reshaped)[:3])
-        raise ValueError(
-            f"{path} does not fit the model: {len(missing)} missing, {len(unexpected)} unexpected and "
-            f"{len(reshaped)} differently shaped tensors, e.g. {keys}"
-        )
-    unwrap(model).load_state_dict(state)
+    reshaped = [key for key in state if key in expected and getattr(state[key], "shape", None) != expected[key].shape]
+    if not (missing or unexpected or reshaped):
+        return None
+    examples = [*missing[:2], *unexpected[:2], *(f"{key} (checkpoint {_shape(state[key])}, model {_shape(expected[key])})" for key in reshaped[:2])]
+    return (
+        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} differently shaped tensors, "
+        f"e.g. {', '.join(examples)}"
+    )
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """The keys of floating-point tensors in ``state`` that hold NaN or infinity."""
+    return [
+        key for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+
+
+def _shape(value: Any) -> str:
+    return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__

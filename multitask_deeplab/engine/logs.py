@@ -14,24 +14,34 @@ from multitask_deeplab.runtime.files import atomic_write
 class MetricsLog:
     """Appends one row per evaluation to ``metrics.jsonl`` and rewrites ``metrics.csv`` with every column seen.
 
+    Opening the log drops the rows after ``step``, the step the run starts from (like :class:`StepLog`): those an
+    interrupted run wrote after its last checkpoint, or all of them when starting afresh.
+
     Args:
         output_dir: The run folder.
+        step: The step training starts from.
         enabled: False on processes other than rank 0.
     """
 
-    def __init__(self, output_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(self, output_dir: Path, *, step: int = 0, enabled: bool = True) -> None:
         self.jsonl = output_dir / "metrics.jsonl"
         self.csv = output_dir / "metrics.csv"
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         if enabled and self.jsonl.is_file():
-            self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            lines = self.jsonl.read_text().splitlines()
+            self.rows = [json.loads(line) for line in lines if _step_of(line) <= step]
+            if len(self.rows) < len(lines):
+                self._write()
 
     def append(self, row: dict[str, Any]) -> None:
-        """Adds a row (replacing any later rows from an interrupted run that is being resumed)."""
+        """Adds a row."""
         if not self.enabled:
             return
         self.rows = [r for r in self.rows if r.get("step", -1) < row.get("step", 0)] + [row]
+        self._write()
+
+    def _write(self) -> None:
         atomic_write(self.jsonl, lambda temp: temp.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
         columns = list(dict.fromkeys(key for r in self.rows for key in r))
 

@@ -11,7 +11,7 @@ import torch
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.engine.build import build_model
-from multitask_deeplab.engine.checkpoint import load_checkpoint
+from multitask_deeplab.engine.checkpoint import load_checkpoint, non_finite_tensors, state_mismatch
 from multitask_deeplab.models.model import MultiTaskModel
 
 
@@ -25,6 +25,13 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
         The model in eval mode on ``device``, the recipe, and the raw checkpoint dict.
     """
     state = load_checkpoint(path)
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} holds no model weights (no 'model' entry); give a checkpoint written by `mtdl train`")
+    if broken := non_finite_tensors(state["model"]):
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {len(broken)} tensors (e.g. {', '.join(broken[:3])}): it was saved "
+            "from a run that diverged; use an earlier checkpoint (best.pt) or retrain with a lower train.lr"
+        )
     try:
         recipe = recipe_module.from_dict(state["recipe"])
     except (KeyError, ValueError) as error:
@@ -35,5 +42,7 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
     except ValueError as error:
         hint = "; pass --plugin <module> that registers it" if "unknown head" in str(error) else ""
         raise ValueError(f"cannot rebuild the model of {path}: {error}{hint}") from error
+    if problem := state_mismatch(model.state_dict(), state["model"]):
+        raise ValueError(f"the weights in {path} do not fit the model its recipe builds: {problem}")
     model.load_state_dict(state["model"])
     return model.to(device).eval(), recipe, state

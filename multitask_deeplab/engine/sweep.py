@@ -20,8 +20,10 @@ def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
     return dataclasses.replace(recipe, tasks={task: recipe.tasks[task]}, train=train, weighting={"type": "fixed"})
 
 
-def train_baselines(recipe: Recipe, *, show_progress: bool = True) -> dict[str, dict[str, float]]:
+def train_baselines(recipe: Recipe, *, overwrite: bool = False, show_progress: bool = True) -> dict[str, dict[str, float]]:
     """Trains one single-task model per task and writes ``<output_dir>/baselines/baselines.json``.
+
+    ``overwrite`` starts afresh over the runs of an earlier call (see :class:`Trainer`).
 
     Returns:
         ``{task: {metric: value}}``: each model's val metrics at the end of its training.
@@ -30,15 +32,18 @@ def train_baselines(recipe: Recipe, *, show_progress: bool = True) -> dict[str, 
     baselines = {}
     for task in recipe.tasks:
         print(f"single-task baseline: {task}")
-        metrics = Trainer(single_task_recipe(recipe, task, folder / task), show_progress=show_progress).fit()
+        metrics = Trainer(single_task_recipe(recipe, task, folder / task), overwrite=overwrite, show_progress=show_progress).fit()
         baselines[task] = {key.removeprefix(f"{task}."): value for key, value in metrics.items()}
     write_baselines(folder / "baselines.json", baselines, split="val")
     print(f"wrote {folder / 'baselines.json'}")
     return baselines
 
 
-def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = True) -> list[dict[str, float | str | None]]:
-    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<strategy>``.
+def sweep(
+    recipe: Recipe, strategies: Sequence[str], *, overwrite: bool = False, show_progress: bool = True
+) -> list[dict[str, float | str | None]]:
+    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<strategy>``;
+    ``overwrite`` starts afresh over the runs of an earlier sweep (see :class:`Trainer`).
 
     Returns:
         One row per strategy: its val metrics, Δm against the recipe's baselines (None without them) and
@@ -49,7 +54,9 @@ def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = Tr
     for strategy in strategies:
         print(f"weighting strategy: {strategy}")
         train = dataclasses.replace(recipe.train, output_dir=str(folder / strategy))
-        trainer = Trainer(dataclasses.replace(recipe, weighting={"type": strategy}, train=train), show_progress=show_progress)
+        trainer = Trainer(
+            dataclasses.replace(recipe, weighting={"type": strategy}, train=train), overwrite=overwrite, show_progress=show_progress
+        )
         metrics = trainer.fit()
         rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, metrics), "seconds_per_step": trainer.seconds_per_step})
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import time
@@ -17,9 +18,17 @@ from tqdm import tqdm
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.data.augment import build_augmentation
-from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
+from multitask_deeplab.data.loader import (
+    SKIPPED_KEY,
+    ResumableSampler,
+    ShardSampler,
+    build_dataset,
+    build_loader,
+    shutdown_workers,
+    to_device,
+)
 from multitask_deeplab.engine.build import build_losses, build_model, build_weighting, unused_weights_note
-from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, state_mismatch, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
 from multitask_deeplab.engine.features import forward_with_shared_features
@@ -33,6 +42,8 @@ from multitask_deeplab.runtime.distributed import (
     mean_over_processes,
     setup_distributed,
 )
+from multitask_deeplab.runtime.files import WriteError, remove_stale_temps
+from multitask_deeplab.runtime.lock import FolderLock
 from multitask_deeplab.runtime.precision import amp_note, autocast, resolve_amp
 from multitask_deeplab.runtime.rng import capture_rng, restore_rng, seed_everything
 from multitask_deeplab.tasks import task_kind
@@ -53,15 +64,25 @@ class TrainingStopped(RuntimeError):
         self.exit_code = exit_code
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl")
+"""The files that make a folder a run folder: training refuses to start afresh over them unless told to."""
+
+RESUME_KEYS = (
+    "model", "optimizer", "scheduler", "scaler", "weighting", "epoch", "step", "step_in_epoch", "epoch_loss_sums", "best",
+    "metrics", "skipped_steps", "rng",
+)
+"""What a checkpoint needs for training to resume from it."""
+
+
 def prepare_output_dir(path: Path) -> None:
-    """Creates the output folder and proves it writable, or raises a one-line error."""
+    """Creates the output folder and proves it writable, or raises a one-line :class:`WriteError`."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"cannot write to output dir {path}: {error.strerror or error}; set train.output_dir to a writable folder") from error
+        raise WriteError(path, f"{error.strerror or error}; set train.output_dir to a writable folder") from error
 
 
 class Trainer:
@@ -91,17 +112,32 @@ class Trainer:
     in a row, or any under ``train.nonfinite=stop``, saves ``last.pt`` (the state before that step) and stops
     with exit code 3.
 
+    The skipped step leaves nothing behind: batch-norm statistics, the weighting strategy's state and every random
+    generator are put back as they were before it.
+
+    **Samples that fail to load** (a corrupt image, a label of the wrong size, class ids out of range) are left
+    out of their batch with a warning naming the file, and counted (``skipped_samples`` in ``metrics.jsonl``); a
+    batch with no loadable sample stops training with that error.
+
     **Checkpoints** (``last.pt`` at each evaluation and every ``train.checkpoint_interval`` steps, ``best.pt``) are
     written to a temporary file and renamed, so a crash or a full disk never leaves a half-written one behind;
-    SIGTERM and SIGINT save ``last.pt`` at the end of the current step and exit with 128 + the signal number.
+    SIGTERM and SIGINT save ``last.pt`` at the end of the current step (or evaluation) and exit with 128 + the
+    signal number.
+
+    **The output folder** is locked while the trainer lives (``.lock``, holding its PID): a second training there
+    fails with a line naming the first one's PID. A folder that already holds a run (``last.pt``, ``best.pt``, or
+    logs) is refused unless ``resume`` continues it or ``overwrite`` starts it afresh (deleting those files).
+    Temporary files that a killed save left behind are deleted. ``fit()`` ends with :meth:`close`, which ends the
+    DataLoader workers and releases the lock.
 
     Args:
         recipe: The resolved recipe.
         resume: A checkpoint to resume from, ``"auto"`` for ``<output_dir>/last.pt`` when it exists, or None.
+        overwrite: Start afresh in a folder that already holds a run.
         show_progress: Show a tqdm progress bar (rank 0 only).
     """
 
-    def __init__(self, recipe: Recipe, *, resume: str | None = None, show_progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, *, resume: str | None = None, overwrite: bool = False, show_progress: bool = True) -> None:
         self.recipe = recipe
         cfg = recipe.train
         self.info = setup_distributed(cfg.device)
@@ -181,15 +217,47 @@ class Trainer:
         self.best_value: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.epoch_loss_sums = torch.zeros(len(recipe.tasks), dtype=torch.float64)
-        self.skipped_in_a_row = self.skipped_total = 0
+        self.skipped_in_a_row = self.skipped_total = self.skipped_samples = 0
         self._stop_signal: int | None = None
-        if self.info.is_main:
-            prepare_output_dir(self.output_dir)
-            (self.output_dir / "recipe.yaml").write_text(recipe_module.dump(recipe))
-        self.log = MetricsLog(self.output_dir, enabled=self.info.is_main)
+        self._before_step: dict[str, Any] | None = None
         if resume_path is not None:
-            self._load(resume_path)
+            self._load(resume_path)  # checks that the checkpoint fits before anything is written
+        self.lock = FolderLock(self.output_dir)
+        if self.info.is_main:
+            self._claim_output_dir(continuing=resume is not None, overwrite=overwrite)
+            with self._writing(self.output_dir / "recipe.yaml"):
+                (self.output_dir / "recipe.yaml").write_text(recipe_module.dump(recipe))
+        self.log = MetricsLog(self.output_dir, step=self.step, enabled=self.info.is_main)
         self.step_log = StepLog(self.output_dir / "steps.jsonl", step=self.step, enabled=self.info.is_main)
+        if resume_path is not None and self.info.is_main:
+            print(f"resumed from {resume_path} at epoch {self.epoch}, step {self.step}")
+
+    def _claim_output_dir(self, *, continuing: bool, overwrite: bool) -> None:
+        """Creates and locks the output folder, refuses to start afresh over a run, deletes stale temporary files."""
+        prepare_output_dir(self.output_dir)
+        self.lock.acquire()
+        try:
+            existing = [name for name in RUN_FILES if (self.output_dir / name).exists()]
+            if existing and not continuing:
+                if not overwrite:
+                    raise ValueError(
+                        f"{self.output_dir} already holds a run ({', '.join(existing)}): continue it with --resume auto, "
+                        "start it afresh with --overwrite (deletes them), or set train.output_dir to a new folder"
+                    )
+                for name in existing:
+                    (self.output_dir / name).unlink()
+            for folder in (self.output_dir, self.output_dir / "pictures"):
+                if folder.is_dir():
+                    remove_stale_temps(folder)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Ends the DataLoader workers and releases the output folder's lock; ``fit()`` calls it when it ends."""
+        for loader in (self.train_loader, self.val_loader):
+            shutdown_workers(loader)
+        self.lock.release()
 
     # ----------------------------------------------------------------------------------------- set-up helpers
     def _ignore_index(self) -> int:
@@ -212,10 +280,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float]:
-        """Trains to the end of the schedule and returns the last evaluation's metrics."""
+        """Trains to the end of the schedule and returns the last evaluation's metrics; ends with :meth:`close`."""
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc="train", dynamic_ncols=True)
         start = time.perf_counter()
+        if self.info.is_main:
+            self._print_length()
         try:
             while self.step < self.total_steps:
                 self._run_epoch(bar)
@@ -223,7 +293,10 @@ class Trainer:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.close()
         if self.info.is_main:
+            if self.skipped_samples:
+                print(f"warning: {self.skipped_samples} samples failed to load and were skipped (see the warnings above)")
             elapsed = time.perf_counter() - start
             print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
                   "metrics on the val split (used for model selection; the test split never is):")
@@ -233,6 +306,13 @@ class Trainer:
                 print(f"  Δm vs single-task baselines ({self.recipe.eval.delta_m} protocol): {delta:+.2f} %")
         return self.last_metrics
 
+    def _print_length(self) -> None:
+        cfg, epochs = self.recipe.train, self.total_steps / self.steps_per_epoch
+        decides = "train.steps" + ("; train.epochs is ignored while train.steps is set" if cfg.epochs is not None else "")
+        if cfg.steps is None:
+            decides = "train.epochs"
+        print(f"training {self.total_steps} steps, {epochs:.3g} epochs of {self.steps_per_epoch} steps ({decides})")
+
     @property
     def seconds_per_step(self) -> float:
         """Mean wall time of the training steps this process ran (data loading excluded)."""
@@ -241,7 +321,9 @@ class Trainer:
     def _run_epoch(self, bar: tqdm) -> None:
         self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
         for batch in self.train_loader:
+            self.skipped_samples += len(batch.pop(SKIPPED_KEY, ()))
             started = time.perf_counter()
+            self._before_step = self._snapshot()
             losses = self.train_step(batch)
             self.train_seconds += time.perf_counter() - started
             self.timed_steps += 1
@@ -263,6 +345,7 @@ class Trainer:
             self._end_epoch()
         elif self.step >= self.total_steps:
             self._evaluate_and_save()
+        self._check_stop_request()  # a signal during the evaluation
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """One optimizer step on a loader batch; the task losses, or None when the step was skipped."""
@@ -316,8 +399,28 @@ class Trainer:
             outputs = self.model(batch["image"])
         self.weighting.after_step(self._losses(outputs, batch))
 
+    def _snapshot(self) -> dict[str, Any]:
+        """What a step's forward and backward passes change besides the weights and the optimizer: the model's
+        buffers (batch-norm statistics), the weighting strategy's state and the random generators."""
+        return {
+            "buffers": [buffer.clone() for buffer in unwrap(self.model).buffers()],
+            "weighting": copy.deepcopy(self.weighting.state_dict()),
+            "rng": capture_rng(),
+        }
+
+    def _roll_back(self) -> None:
+        """Puts back what :meth:`_snapshot` saved before the current step."""
+        if self._before_step is None:  # train_step called on its own
+            return
+        with torch.no_grad():
+            for buffer, saved in zip(unwrap(self.model).buffers(), self._before_step["buffers"]):
+                buffer.copy_(saved)
+        self.weighting.load_state_dict(self._before_step["weighting"])
+        restore_rng(self._before_step["rng"])
+
     def _non_finite(self, what: str) -> None:
         cfg = self.recipe.train
+        self._roll_back()
         self.skipped_in_a_row += 1
         self.skipped_total += 1
         message = f"step {self.step + 1}: {what}"
@@ -352,11 +455,12 @@ class Trainer:
         row.update({f"val.{k}": v for k, v in self.last_metrics.items()})
         row.update({f"weight.{k}": v for k, v in self.weighting.task_weights().items()})
         row["skipped_steps"] = self.skipped_total
+        row["skipped_samples"] = self.skipped_samples
         with self._writing(self.output_dir):
             self.log.append(row)
-            self._save("last.pt")
-            if improved:
+            if improved:  # before last.pt: a run killed in between resumes before this evaluation and saves it again
                 self._save("best.pt")
+            self._save("last.pt")
             self._save_pictures()
 
     def _save_pictures(self) -> None:
@@ -385,6 +489,7 @@ class Trainer:
             "best": {"metric": self.best_metric, "value": self.best_value},
             "metrics": self.last_metrics,
             "skipped_steps": self.skipped_total,
+            "skipped_samples": self.skipped_samples,
             "recipe": recipe_module.to_dict(self.recipe),
             "rng": capture_rng(),
         }
@@ -398,28 +503,51 @@ class Trainer:
         try:
             yield
         except OSError as error:
+            target = error.path if isinstance(error, WriteError) else target
+            reason = error.reason if isinstance(error, WriteError) else error.strerror or error
             raise TrainingStopped(
-                f"could not write {target}: {error.strerror or error}; stopped at step {self.step}. Checkpoints already "
+                f"could not write {target}: {reason}; stopped at step {self.step}. Checkpoints already "
                 f"in {self.output_dir} are intact: free space or fix the folder, then resume with --resume auto",
                 4,
             ) from error
 
     def _load(self, path: Path) -> None:
+        """Restores the training state from a checkpoint, or raises a one-line ``ValueError`` saying why it does
+        not fit this recipe (naming the tensors and the recipe keys that differ)."""
         state = load_checkpoint(path)
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and self.scaler.is_enabled():  # the fp16 loss scale; a run saved without fp16 has none
-            self.scaler.load_state_dict(state["scaler"])
-        self.weighting.load_state_dict(state["weighting"])
+        if missing := [key for key in RESUME_KEYS if key not in state]:
+            raise ValueError(
+                f"cannot resume from {path}: it lacks {', '.join(missing)}, so it is not a training checkpoint "
+                "(resume from a last.pt or best.pt written by `mtdl train`)"
+            )
+        model = unwrap(self.model)
+        if problem := state_mismatch(model.state_dict(), state["model"]):
+            changed = recipe_module.differences(state.get("recipe") or {}, recipe_module.to_dict(self.recipe), ("model", "tasks"))
+            keys = f"; recipe keys that differ: {', '.join(changed[:4])}" if changed else ""
+            raise ValueError(
+                f"cannot resume from {path}: its model does not fit this recipe's ({problem}){keys}; resume with the "
+                "recipe it was trained with (its recipe.yaml), or start afresh in another train.output_dir"
+            )
+        try:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state["scaler"] and self.scaler.is_enabled():  # the fp16 loss scale; a run saved without fp16 has none
+                self.scaler.load_state_dict(state["scaler"])
+            self.weighting.load_state_dict(state["weighting"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"cannot resume from {path}: its optimizer or weighting state does not fit this recipe's ({first_line}); "
+                "resume with the recipe it was trained with (its recipe.yaml)"
+            ) from error
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
         self.best_value = state["best"]["value"]
         self.last_metrics = state["metrics"]
         self.skipped_total = state["skipped_steps"]
+        self.skipped_samples = state.get("skipped_samples", 0)
         restore_rng(state["rng"])
-        if self.info.is_main:
-            print(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
 
     # ---------------------------------------------------------------------------------------------- signals
     def _request_stop(self, signum: int, frame: Any) -> None:

@@ -63,7 +63,14 @@ class TimmBackbone(nn.Module):
         self.body = _create(name, pretrained=bool(pretrained), output_stride=output_stride, weights_file=weights_file, **kwargs)
         self.in_chans = in_chans
         self.grad_checkpointing = False
-        self.channels, self.reductions = self._measure()
+        try:
+            self.channels, self.reductions = self._measure()
+        except (AssertionError, RuntimeError, ValueError) as error:  # e.g. ViT, Swin: "Input height (64) doesn't match model (224)"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"backbone {name!r} cannot run on images of any size (timm: {first_line}): dense prediction needs a "
+                f"backbone that takes any input size, such as {_DILATABLE_EXAMPLES}"
+            ) from error
         if output_stride != 32 and max(self.reductions) != output_stride:
             raise ValueError(
                 f"backbone {name!r} reached output stride {max(self.reductions)}, not the {output_stride} asked for; "
@@ -183,7 +190,8 @@ def _create(name: str, *, pretrained: bool, output_stride: int, weights_file: Pa
             raise ValueError(f"backbone {name!r} cannot be used as a feature extractor: {error}") from error
         raise ValueError(
             f"backbone {name!r} cannot run at output_stride {output_stride} (timm cannot dilate this family); "
-            f"use output_stride=32 with it, or a dilatable backbone such as {_DILATABLE_EXAMPLES}"
+            f"use a dilatable backbone such as {_DILATABLE_EXAMPLES} (`mtdl list backbones --output-stride "
+            f"{output_stride}`), or output_stride=32 if `mtdl list backbones --output-stride 32 --filter {name}` lists it"
         ) from error
     except RuntimeError as error:
         source = weights_file or "timm's default weights (needs a network)"

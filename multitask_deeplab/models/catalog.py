@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 
 import timm
 import torch
+from tqdm import tqdm
+
+from multitask_deeplab.models.backbone import TimmBackbone
 
 _FAMILIES = "resnet*", "resnext*", "seresnet*", "regnet*", "efficientnet*", "mobilenetv*", "convnext*", "xception*", "cspresnet*", "rexnet*", "nf_resnet*"
 
 
 @functools.cache
 def _accepts(name: str, output_stride: int) -> bool:
-    kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
+    """Whether :class:`TimmBackbone` builds ``name`` at ``output_stride`` and runs it (on the meta device: no memory)."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            timm.create_model(name, features_only=True, **kwargs)
+            TimmBackbone(name, output_stride=output_stride)
     except Exception:
         return False
     return True
 
 
-def dilatable_backbones(output_stride: int, pattern: str = "*") -> list[str]:
-    """timm model names matching ``pattern`` (within families known to dilate, unless stride 32) that build at ``output_stride``."""
+def dilatable_backbones(output_stride: int, pattern: str = "*", *, show_progress: bool = False) -> list[str]:
+    """timm model names matching ``pattern`` (within families known to dilate, unless a pattern is given) that build
+    and run at ``output_stride``; ``show_progress`` shows a progress bar on stderr (building them all takes a while)."""
     patterns = [pattern] if pattern != "*" else list(_FAMILIES)
     names = sorted(set(timm.list_models(patterns)))
-    return [name for name in names if _accepts(name, output_stride)]
+    checking = tqdm(names, desc=f"trying timm models at output stride {output_stride}", unit="model", file=sys.stderr,
+                    disable=not show_progress, leave=False)
+    return [name for name in checking if _accepts(name, output_stride)]

@@ -21,7 +21,9 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: derives python and numpy seeds from the worker's torch seed.
 
     Workers also ignore SIGINT and SIGTERM: a Ctrl-C or a scheduler's SIGTERM reaches the whole process group,
-    and the training process must keep its workers while it saves a checkpoint (it shuts them down itself).
+    and the training process must keep its workers while it saves a checkpoint. So they must be shut down
+    explicitly (``data.loader.shutdown_workers``; the trainer does it when ``fit`` ends, however it ends), or
+    Python's exit would wait forever for workers that ignore its SIGTERM.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
