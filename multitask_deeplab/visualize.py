@@ -209,7 +209,8 @@ def make_grid(rows: Sequence[Sequence[Any]], titles: Sequence[str] | None = None
 
 
 def save_png(array: Any, path: str | os.PathLike, palette: Sequence[int] | None = None) -> Path:
-    """Writes a uint8 H x W x 3 (or H x W) array as a PNG, atomically: a temporary file, then a rename.
+    """Writes a uint8 H x W x 3 (or H x W) array as a PNG, atomically: a temporary file, then a rename (not flushed
+    to disk: a picture is not worth the time of a flush).
 
     Args:
         array: uint8 H x W x 3 colours, or H x W grey levels or palette indices.
@@ -227,7 +228,7 @@ def save_png(array: Any, path: str | os.PathLike, palette: Sequence[int] | None 
         picture.putpalette(list(palette))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temp: picture.save(temp, format="PNG"))
+    atomic_write(path, lambda temp: picture.save(temp, format="PNG"), durable=False)
     return path
 
 

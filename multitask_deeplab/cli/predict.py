@@ -253,7 +253,7 @@ def _atomic_save(path: Path, write: Any) -> None:
         with open(temp, "wb") as handle:
             write(handle)
 
-    atomic_write(path, write_file)
+    atomic_write(path, write_file, durable=False)
 
 
 def _warn(message: str) -> None:

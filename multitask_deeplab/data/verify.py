@@ -233,6 +233,7 @@ class VerifyReport:
         num_samples: Samples checked.
         problems: One line per bad sample (or per dataset-wide problem); empty when the data is usable.
         counts: Values that were fixed on load (e.g. NaN depth set to invalid), summed over the split.
+        fixed: The samples each of those fixes touched.
         sizes: How many samples have each image size (after ``size`` resizing).
     """
 
@@ -240,6 +241,7 @@ class VerifyReport:
     num_samples: int
     problems: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    fixed: dict[str, list[str]] = field(default_factory=dict)
     sizes: Counter = field(default_factory=Counter)
 
     @property
@@ -254,11 +256,15 @@ class VerifyReport:
         head = f"{self.dataset}: {self.num_samples} sample{plural}, image sizes {sizes or '-'}, "
         lines = [head + (f"{len(self.problems)} problem(s)" if self.problems else "OK")]
         lines += [f"  problem: {p}" for p in self.problems]
-        lines += [f"  note: {what}: {n}" for what, n in sorted(self.counts.items())]
+        lines += [f"  note: {what}: {n} ({_examples(self.fixed.get(what, []))})" for what, n in sorted(self.counts.items())]
         return lines
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+def _examples(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def verify_dataset(dataset: Dataset) -> VerifyReport:
@@ -280,12 +286,14 @@ def verify_dataset(dataset: Dataset) -> VerifyReport:
             report.problems.append(f"{name}: {error}")
             continue
         report.counts += counts
+        for what in counts:
+            report.fixed.setdefault(what, []).append(str(name))
         size = tuple(sample["image"].shape[-2:])
         report.sizes[size] += 1
         examples.setdefault(size, []).append(str(name))
     if len(report.sizes) > 1:
         shown = "; ".join(
-            f"{'x'.join(map(str, size))}: {count} (e.g. {', '.join(examples[size][:3])})" for size, count in report.sizes.most_common()
+            f"{'x'.join(map(str, size))}: {count} ({_examples(examples[size])})" for size, count in report.sizes.most_common()
         )
         report.problems.append(f"images have different sizes, so batches cannot be stacked ({shown}): set size: [h, w] "
                                "in the data section to resize on load")

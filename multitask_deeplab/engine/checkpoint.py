@@ -63,8 +63,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             Python objects (for example a pickle payload) that weights-only loading refuses.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file; give its last.pt or best.pt")
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) == 9 and head[8:] == b"{":  # safetensors: an 8-byte header length, then a JSON header
+        raise ValueError(
+            f"{path} is a safetensors weights file (as `mtdl export` writes), not a checkpoint; give the last.pt or "
+            "best.pt it was exported from"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

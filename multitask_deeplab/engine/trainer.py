@@ -28,7 +28,7 @@ from multitask_deeplab.data.loader import (
     to_device,
 )
 from multitask_deeplab.engine.build import build_losses, build_model, build_weighting, unused_weights_note
-from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, state_mismatch, unwrap
+from multitask_deeplab.engine.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, state_mismatch, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
 from multitask_deeplab.engine.features import forward_with_shared_features
@@ -519,6 +519,11 @@ class Trainer:
             raise ValueError(
                 f"cannot resume from {path}: it lacks {', '.join(missing)}, so it is not a training checkpoint "
                 "(resume from a last.pt or best.pt written by `mtdl train`)"
+            )
+        if broken := non_finite_tensors(state["model"]):
+            raise ValueError(
+                f"cannot resume from {path}: it holds NaN or infinite values in {len(broken)} tensors (e.g. {', '.join(broken[:3])}); "
+                "resume from an earlier checkpoint, or start afresh with a lower train.lr"
             )
         model = unwrap(self.model)
         if problem := state_mismatch(model.state_dict(), state["model"]):

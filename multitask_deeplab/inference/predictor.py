@@ -189,7 +189,8 @@ class Predictor:
             for left in _tile_starts(width, tile_w):
                 tile = self._predict_whole(image[..., top : top + tile_h, left : left + tile_w])
                 for name, value in tile.items():
-                    sums.setdefault(name, image.new_zeros(value.shape[:2] + (height, width)))
+                    if name not in sums:  # not setdefault: that would allocate a whole-image tensor per tile
+                        sums[name] = image.new_zeros(value.shape[:2] + (height, width))
                     sums[name][..., top : top + tile_h, left : left + tile_w] += value
                 count[..., top : top + tile_h, left : left + tile_w] += 1
         return {name: self._finish(name, total / count) for name, total in sums.items()}

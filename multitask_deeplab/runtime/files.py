@@ -25,12 +25,14 @@ class WriteError(OSError):
         self.path, self.reason = Path(path), reason
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = True) -> None:
     """Writes a file through ``write(temp_path)`` in the same folder, then renames it over ``path``.
 
-    The file is flushed to disk before the rename and the folder after it, so after a crash or a power loss
-    ``path`` holds either the previous file or the whole new one. It gets the mode a newly created file has under
-    the process's umask (usually 0644), not ``mkstemp``'s 0600.
+    A process that dies midway leaves ``path`` as it was. With ``durable`` the file is also flushed to disk before
+    the rename and the folder after it, so even after a power loss ``path`` holds either the previous file or the
+    whole new one (checkpoints, logs); without, the two flushes are saved (pictures and predictions, written by the
+    hundred). The file gets the mode a newly created file has under the process's umask (usually 0644), not
+    ``mkstemp``'s 0600.
 
     Raises:
         WriteError: when the operating system refuses a write (``OSError`` from ``write`` or from the file
@@ -46,10 +48,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         os.fchmod(fd, _new_file_mode())
         os.close(fd)
         write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(temp, path)
-        _fsync_folder(path.parent)
+        if durable:
+            _fsync_folder(path.parent)
     except OSError as error:
         temp.unlink(missing_ok=True)
         if isinstance(error, WriteError):
