@@ -27,8 +27,19 @@ def test_out_indices_and_in_chans():
     [("vit_tiny_patch16_224", 8), ("hrnet_w18_small", 16), ("vgg11", 8), ("swin_tiny_patch4_window7_224", 16)],
 )
 def test_families_that_cannot_dilate_get_a_clear_error(name, stride):
-    with pytest.raises(ValueError, match=rf"backbone '{name}' cannot run at output_stride {stride}.*use output_stride=32"):
+    with pytest.raises(ValueError, match=rf"backbone '{name}' cannot run at output_stride {stride}.*or output_stride=32 if "):
         TimmBackbone(name, output_stride=stride)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_fixed_size_backbones_are_refused_at_stride_32_and_not_listed(name, capsys):
+    """timm builds them at stride 32 but they only take their 224 x 224 training size."""
+    from multitask_deeplab.cli import main
+
+    with torch.device("meta"), pytest.raises(ValueError, match=rf"^backbone '{name}' cannot run on images of any size \(timm: "):
+        TimmBackbone(name, output_stride=32)
+    assert main(["list", "backbones", "--output-stride", "32", "--filter", name, "--no-progress"]) == 1
+    assert f"no timm backbone matching {name!r} runs at output stride 32" in capsys.readouterr().err
 
 
 def test_unknown_backbone_and_bad_stride():

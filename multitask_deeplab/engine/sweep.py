@@ -58,7 +58,7 @@ def sweep(
             dataclasses.replace(recipe, weighting={"type": strategy}, train=train), overwrite=overwrite, show_progress=show_progress
         )
         metrics = trainer.fit()
-        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, metrics), "seconds_per_step": trainer.seconds_per_step})
+        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
     return rows
 
 

@@ -74,7 +74,7 @@ SKIPPED = {
     "corrupt image": "cannot read",
     "label of the wrong size": "seg is 24x32 but the image",
     "8-bit depth PNG": "expected a 16-bit single-channel PNG, got uint8",
-    "class ids >= num_classes": "seg values 7 are outside the classes 0..4 and ignore 255",
+    "class ids >= num_classes": "class ids 7 are outside the classes 0..4 and ignore 255",
 }
 FIXED = {
     "NaN and negative depth": "note: depth pixels NaN, infinite or negative (set to 0 = invalid): 4 (img3)",

@@ -36,7 +36,8 @@ def files(tmp_path_factory):
     recipe = write_recipe(folder)
     common = ["train", str(recipe), TINY_BACKBONE, "train.steps=2"]
     assert main([*common, f"train.output_dir={folder / 'good'}", "--no-progress"]) == 0
-    assert main([*common, "tasks.seg.head.channels=16", "tasks.seg.num_classes=7", f"train.output_dir={folder / 'other'}", "--no-progress"]) == 0
+    other = ["tasks.seg.head={type: deeplabv3, channels: 16}", "tasks.normals={kind: normals, head: {type: deeplabv3, channels: 8}}"]
+    assert main([*common, *other, f"train.output_dir={folder / 'other'}", "--no-progress"]) == 0
     good = folder / "good" / "last.pt"
     state = load_checkpoint(good)
     made = {"good": good, "other recipe": folder / "other" / "last.pt", "a folder": folder / "good", "recipe": recipe, "run": folder / "good"}
@@ -121,7 +122,9 @@ def test_resume_from_another_recipe_names_the_recipe_keys_that_differ(files, tmp
     args = ["train", str(files["recipe"]), TINY_BACKBONE, "train.steps=4", f"train.output_dir={tmp_path / 'run'}", "--no-progress"]
     assert main([*args, "--resume", str(files["other recipe"])]) == 2
     err = capsys.readouterr().err
-    assert "recipe keys that differ: tasks.seg.head.channels (16 -> 8), tasks.seg.num_classes (7 -> 5)" in err
+    changed = err.split("recipe keys that differ: ")[1]
+    assert changed.startswith("tasks.seg.head.type (deeplabv3 -> deeplabv3plus), tasks.seg.head.channels (16 -> 8), "), err
+    assert "tasks.normals.kind (normals -> unset)" in changed
     assert not (tmp_path / "run").exists(), "not even the output folder is made"
 
 

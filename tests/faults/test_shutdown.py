@@ -77,7 +77,9 @@ def test_an_error_in_a_worker_ends_the_run_with_one_line(tmp_path):
     """Images of two sizes (no size: [h, w]): the batch cannot be stacked, in a worker process."""
     root = tmp_path / "data"
     for index in range(8):
-        write_image(root / "images" / f"img{index}.png", np.zeros((32 if index % 2 else 24, 32, 3), np.uint8))
+        height = 32 if index % 2 else 24
+        write_image(root / "images" / f"img{index}.png", np.zeros((height, 32, 3), np.uint8))
+        write_image(root / "seg" / f"img{index}.png", np.zeros((height, 32), np.uint8))
     recipe = tmp_path / "folder.yaml"
     recipe.write_text(FOLDER_RECIPE.replace("ROOT", str(root)).replace("OUT", str(tmp_path / "run")))
     result = run(mtdl("train", str(recipe), "--no-progress"))
