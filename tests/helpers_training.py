@@ -197,3 +197,31 @@ def write_inf_loss_plugin(folder: Path) -> Path:
         'LOSSES.register("inf_at_steps")(InfAtSteps)\n'
     )
     return path
+
+
+def initial_parameters(recipe_path: Path, overrides: Sequence[str], folder: Path) -> dict[str, torch.Tensor]:
+    """The trainable parameters a training of this recipe starts from (the trainer seeds, then builds the model),
+    by state-dict name; built in ``folder``, so the run itself can use another one."""
+    from multitask_deeplab.config import recipe as recipe_module
+    from multitask_deeplab.engine.checkpoint import unwrap
+    from multitask_deeplab.engine.trainer import Trainer
+
+    recipe = recipe_module.load(recipe_path, [*overrides, f"train.output_dir={folder}"])
+    trainer = Trainer(recipe, show_progress=False)
+    trainer.close()
+    return {name: p.detach().clone() for name, p in unwrap(trainer.model).named_parameters() if p.requires_grad}
+
+
+def assert_trained(run_dir: Path, initial: dict[str, torch.Tensor], prefixes: Sequence[str], *, steps: int) -> None:
+    """Every step of the run updated the weights (none skipped) and the parameters under each prefix moved.
+
+    Run with ``train.weight_decay=0``: weight decay alone would move weights that get no gradient.
+    """
+    state = load(run_dir / "last.pt")
+    assert state["skipped_steps"] == 0 and all("losses" in row for row in read_steps(run_dir)), "no step was skipped"
+    counts = {float(slots["step"]) for slots in state["optimizer"]["state"].values() if "step" in slots}
+    assert counts <= {float(steps)}, f"optimizer step counts {counts}"
+    for prefix in prefixes:
+        names = [name for name in initial if name.startswith(prefix)]
+        moved = [name for name in names if not torch.equal(initial[name], state["model"][name])]
+        assert names and len(moved) >= len(names) / 2, f"{len(moved)} of the {len(names)} parameters under {prefix!r} moved"

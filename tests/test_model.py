@@ -34,7 +34,11 @@ def test_every_registered_head_is_covered():
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_shapes_and_gradients_reach_backbone_and_every_head(backbone, output_stride):
     model = build(backbone, output_stride)
-    outputs = model(torch.rand(2, 3, 64, 80))
+    image = torch.rand(2, 3, 64, 80)
+    features = model.backbone(image)
+    assert features[-1].shape[-2:] == (64 // output_stride, 80 // output_stride), "the deepest features are at the output stride"
+    assert model.backbone.reductions == [64 // f.shape[-2] for f in features] == [80 // f.shape[-1] for f in features]
+    outputs = model(image)
     for task, channels in HEAD_CHANNELS.items():
         assert outputs[task].shape == (2, channels, 64, 80)
     sum(o.square().mean() for o in outputs.values()).backward()

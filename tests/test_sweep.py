@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers_training import TINY_RECIPE
+from helpers_training import TINY_RECIPE, assert_trained, initial_parameters
 
 from multitask_deeplab.cli import main
 from multitask_deeplab.weighting import WEIGHTINGS
@@ -23,8 +23,10 @@ def recipe_file(tmp_path):
 
 @pytest.mark.parametrize("strategy", WEIGHTINGS.names())
 def test_every_strategy_trains_two_steps(recipe_file, tmp_path, strategy):
-    out = tmp_path / strategy
-    assert main(["train", str(recipe_file), *FAST, f"weighting.type={strategy}", f"train.output_dir={out}", "--no-progress"]) == 0
+    out, overrides = tmp_path / strategy, [*FAST, f"weighting.type={strategy}", "train.weight_decay=0"]
+    initial = initial_parameters(recipe_file, overrides, tmp_path / "initial")
+    assert main(["train", str(recipe_file), *overrides, f"train.output_dir={out}", "--no-progress"]) == 0
+    assert_trained(out, initial, ["backbone."], steps=2)  # the shared parameters: every strategy's combined gradient
     state = torch.load(out / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_formats import write_cityscapes, write_folder, write_nyuv2
+from helpers_training import assert_trained, initial_parameters
 
 from multitask_deeplab.cli import main
 from multitask_deeplab.config import recipe as recipe_module
@@ -58,10 +59,13 @@ def _head_args(head_type: str) -> set[str]:
 
 @pytest.mark.parametrize("recipe_path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_trains_two_steps(recipe_path, tmp_path):
-    assert main(["train", str(recipe_path), *shrink(recipe_path, tmp_path), "--no-progress"]) == 0
+    overrides = [*shrink(recipe_path, tmp_path), "train.weight_decay=0"]
+    initial = initial_parameters(recipe_path, overrides, tmp_path / "initial")
+    assert main(["train", str(recipe_path), *overrides, "--no-progress"]) == 0
     run = tmp_path / "run"
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["step"] == 2
+    assert_trained(run, initial, ["backbone.", *(f"heads.{task}." for task in state["recipe"]["tasks"])], steps=2)
     assert recipe_module.from_dict(state["recipe"]) == recipe_module.load(run / "recipe.yaml")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and any(key.startswith("val.") for key in rows[-1])
