@@ -142,12 +142,20 @@ def colorize_depth(depth: Any, cmap: str = "turbo", vmax: float | None = None) -
     if not valid.any():
         return out
     if vmax is None:
-        vmax = float(np.percentile(depth[valid], 95))
+        vmax = depth_scale(depth)
     if not vmax > 0:
         raise ValueError(f"vmax={vmax} must be positive")
     index = np.round(np.clip(depth[valid] / vmax, 0.0, 1.0) * 255).astype(np.int64)
     out[valid] = lut[index]
     return out
+
+
+def depth_scale(depth: Any) -> float | None:
+    """The depth :func:`colorize_depth` shows with its last colour by default: the 95th percentile of the valid
+    (finite, positive) depths, or None when there are none."""
+    depth = _numpy(depth).astype(np.float64)
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    return float(np.percentile(valid, 95)) if valid.size else None
 
 
 def colorize_scalar(values: Any, *, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "magma") -> np.ndarray:
@@ -236,6 +244,78 @@ def make_grid(rows: Sequence[Sequence[Any]], titles: Sequence[str] | None = None
             draw.text((int(x), 1), title, fill=(0, 0, 0))
         grid = np.asarray(picture).copy()
     return grid
+
+
+KEY_TEXT = 11
+"""Line height of the text in keys (PIL's built-in font)."""
+
+
+def depth_scale_bar(width: int, vmax: float, cmap: str = "turbo") -> np.ndarray:
+    """A key for a :func:`colorize_depth` picture: the colour map from 0 to ``vmax`` metres, labelled at both ends
+    and in the middle; ``width`` pixels wide (the picture's width), uint8 ``H x W x 3`` on white."""
+    if not vmax > 0:
+        raise ValueError(f"vmax={vmax} must be positive")
+    width = max(int(width), 48)
+    bar = np.repeat(_colour_map_lut(cmap)[np.linspace(0, 255, width).round().astype(np.int64)][None], 8, axis=0)
+    picture = Image.new("RGB", (width, 8 + KEY_TEXT + 2), (255, 255, 255))
+    picture.paste(Image.fromarray(bar), (0, 0))
+    draw = ImageDraw.Draw(picture)
+    labels = [(0, "0"), (width // 2, f"{vmax / 2:.3g}"), (width, f"{vmax:.3g} m")]
+    for x, label in labels if width >= 120 else labels[::2]:
+        text_width = draw.textlength(label)
+        draw.text((min(max(0, x - text_width / 2), width - text_width), 9), label, fill=(0, 0, 0))
+    return np.asarray(picture).copy()
+
+
+def class_legend(names: Sequence[str], num_classes: int, width: int) -> np.ndarray:
+    """A key for a :func:`colorize_segmentation` picture: a swatch of each class's colour and its name, as many per
+    line as fit in ``width`` pixels (at least one); uint8 ``H x W x 3`` on white."""
+    if len(names) != num_classes:
+        raise ValueError(f"got {len(names)} class names for {num_classes} classes: give one name per class")
+    palette = np.array(segmentation_palette(num_classes), dtype=np.uint8).reshape(256, 3)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell = int(max(measure.textlength(name) for name in names)) + KEY_TEXT + 8
+    width = max(int(width), cell)
+    per_line = max(1, width // cell)
+    lines = -(-num_classes // per_line)
+    picture = Image.new("RGB", (width, lines * (KEY_TEXT + 3)), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    for index, name in enumerate(names):
+        x, y = (index % per_line) * cell, (index // per_line) * (KEY_TEXT + 3)
+        draw.rectangle((x, y + 1, x + KEY_TEXT - 2, y + KEY_TEXT - 1), fill=tuple(int(c) for c in palette[index]))
+        draw.text((x + KEY_TEXT + 2, y), name, fill=(0, 0, 0))
+    return np.asarray(picture).copy()
+
+
+def with_key(picture: Any, key: Any | None) -> np.ndarray:
+    """``picture`` with ``key`` (a legend or scale bar) below it, on white; the picture itself when there is no key."""
+    picture = _check_rgb(picture, "picture")
+    if key is None:
+        return picture
+    key = _check_rgb(key, "key")
+    width = max(picture.shape[1], key.shape[1])
+    out = np.full((picture.shape[0] + 2 + key.shape[0], width, 3), 255, np.uint8)
+    out[: picture.shape[0], : picture.shape[1]] = picture
+    out[picture.shape[0] + 2 :, : key.shape[1]] = key
+    return out
+
+
+def picture_sheet(rows: Sequence[Sequence[Any]], titles: Sequence[str], legends: Sequence[Any | None]) -> np.ndarray:
+    """:func:`make_grid` of ``rows`` with one more row holding each column's legend (blank under columns without)."""
+    if all(legend is None for legend in legends):
+        return make_grid(rows, titles=titles)
+    blank = np.full((1, 1, 3), 255, np.uint8)
+    return make_grid([*rows, [blank if legend is None else legend for legend in legends]], titles=titles)
+
+
+def thumbnail(picture: Any, max_side: int) -> np.ndarray:
+    """``picture`` shrunk (antialiased, aspect kept) so that neither side exceeds ``max_side``; unchanged if it fits."""
+    picture = _check_rgb(picture, "picture")
+    scale = max_side / max(picture.shape[:2])
+    if scale >= 1:
+        return picture
+    size = (max(1, round(picture.shape[1] * scale)), max(1, round(picture.shape[0] * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BOX))
 
 
 def save_png(array: Any, path: str | os.PathLike, palette: Sequence[int] | None = None) -> Path:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
+SUMMARY_SIDE = 512
+"""Longest side of each picture on ``summary.png`` (a 6000 x 4000 input is shrunk; the prediction files are not)."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +44,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch per size)")
     predict.add_argument("--cmap", default="turbo", choices=("turbo", "magma"), help="depth colour map")
+    predict.add_argument(
+        "--depth-max", type=float, metavar="METRES",
+        help="depth shown with the last colour in every picture (default: each image's 95th percentile, so colours differ between images)",
+    )
     predict.add_argument("--save-npy", action="store_true", help="also save raw predictions as .npy")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
@@ -81,7 +87,9 @@ def _predict(args: argparse.Namespace) -> int:
         bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
         compile=args.compile,
     )
-    options = visualize.PictureOptions(depth_cmap=args.cmap)
+    if args.depth_max is not None and not args.depth_max > 0:
+        raise ValueError(f"--depth-max must be a positive number of metres, got {args.depth_max}")
+    options = visualize.PictureOptions(depth_cmap=args.cmap, depth_max=args.depth_max)
     batches = _batches(paths, args.batch_size, failed)
     summary: dict[int, list[np.ndarray]] = {}
     done = 0
@@ -94,12 +102,13 @@ def _predict(args: argparse.Namespace) -> int:
             for (index, path, tensor), result in zip(loaded, results):
                 panels = write_outputs(out, path.stem, tensor, result, predictor, options=options, save_npy=args.save_npy)
                 if index < SUMMARY_IMAGES:
-                    summary[index] = panels
+                    summary[index] = summary_row(panels, result, predictor, options=options)
                 done += 1
                 progress.update()
     if summary:
         titles = ["image", *predictor.tasks]
-        visualize.save_png(visualize.make_grid([summary[i] for i in sorted(summary)], titles=titles), out / "summary.png")
+        legends = [None, *(task.legend(SUMMARY_SIDE) for task in predictor.tasks.values())]
+        visualize.save_png(visualize.picture_sheet([summary[i] for i in sorted(summary)], titles, legends), out / "summary.png")
     print(f"wrote predictions for {done} image{'s' * (done != 1)} to {out}")
     if failed:
         listed = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
@@ -222,6 +231,18 @@ def write_outputs(
         if save_npy:
             _atomic_save(out / f"{base}.npy", lambda handle, value=result[name]: np.save(handle, value))
     return panels
+
+
+def summary_row(panels: list[np.ndarray], result: dict[str, np.ndarray], predictor: Predictor, *, options: PictureOptions) -> list[np.ndarray]:
+    """One image's row of ``summary.png``: its :func:`write_outputs` panels shrunk to :data:`SUMMARY_SIDE`, each
+    task's with its scale key (depth: the colour scale of that picture)."""
+    from multitask_deeplab import visualize
+
+    row = [visualize.thumbnail(panels[0], SUMMARY_SIDE)]
+    for (name, task), panel in zip(predictor.tasks.items(), panels[1:]):
+        small = visualize.thumbnail(panel, SUMMARY_SIDE)
+        row.append(visualize.with_key(small, task.scale_key(result[name], options=options, width=small.shape[1])))
+    return row
 
 
 def _atomic_save(path: Path, write: Any) -> None:

@@ -47,7 +47,9 @@ def higher_is_better(tasks: Mapping[str, TaskKind], metric: str) -> bool:
 def save_prediction_grid(
     model: nn.Module, batch: dict[str, torch.Tensor], tasks: Mapping[str, TaskKind], path: str | os.PathLike, *, amp: str = "off"
 ) -> None:
-    """One row per image: the image, then each task's prediction next to its ground truth, coloured by its kind."""
+    """One row per image: the image, then each task's prediction next to its ground truth, coloured by its kind, each
+    picture with its kind's scale key (depth: colours scaled to the truth's 95th percentile, shared by both pictures),
+    and a last row of legends (segmentation: the class colours)."""
     device = batch["image"].device
     was_training = model.training
     model.eval()
@@ -60,7 +62,10 @@ def save_prediction_grid(
         row = [visualize.image_to_uint8(batch["image"][i].float().cpu())]
         for name, task in tasks.items():
             target = task.prepare_target(batch[task.target][i : i + 1])[0].cpu()
-            row.append(task.colorize(outputs[name][i].float().cpu(), reference=target))
-            row.append(task.colorize(target, reference=target))
+            for value in (outputs[name][i].float().cpu(), target):
+                picture = task.colorize(value, reference=target)
+                row.append(visualize.with_key(picture, task.scale_key(value, reference=target, width=picture.shape[1])))
         rows.append(row)
-    visualize.save_png(visualize.make_grid(rows, titles=titles), path)
+    width = rows[0][0].shape[1]
+    legends = [None, *(legend for task in tasks.values() for legend in (task.legend(2 * width), None))]
+    visualize.save_png(visualize.picture_sheet(rows, titles, legends), path)

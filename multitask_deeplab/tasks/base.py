@@ -139,6 +139,18 @@ class TaskKind:
         target; ``reference`` is the target the picture is compared with (e.g. for a shared colour scale)."""
         raise NotImplementedError
 
+    def scale_key(
+        self, value: Tensor | np.ndarray, *, reference: Tensor | np.ndarray | None = None, options: visualize.PictureOptions | None = None, width: int
+    ) -> np.ndarray | None:
+        """A key drawn under one :meth:`colorize` picture on picture sheets, ``width`` pixels wide, for a colour
+        scale that differs from picture to picture (depth's); ``None`` (the default) for none."""
+        return None
+
+    def legend(self, width: int) -> np.ndarray | None:
+        """A key that holds for every picture of the task (segmentation's class colours), drawn once under its column
+        of a picture sheet, ``width`` pixels wide; ``None`` (the default) for none."""
+        return None
+
     def write_prediction(self, folder: Path, stem: str, prediction: np.ndarray, image: np.ndarray, *, options: visualize.PictureOptions) -> np.ndarray:
         """Writes one image's prediction files as ``mtdl predict`` does (``<stem>.png`` and friends) and returns the
         picture for the summary sheet. ``prediction`` is :meth:`to_numpy`'s main array, ``image`` the input as uint8 RGB."""

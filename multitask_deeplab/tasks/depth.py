@@ -98,13 +98,24 @@ class DepthTask(TaskKind):
 
     def colorize(self, value: Tensor | np.ndarray, *, reference: Tensor | np.ndarray | None = None, options: visualize.PictureOptions | None = None) -> np.ndarray:
         options = options or visualize.PictureOptions()
-        vmax = options.depth_max
-        if vmax is None and reference is not None:
-            valid = np.asarray(torch.as_tensor(reference).float().cpu()).reshape(-1)
-            valid = valid[np.isfinite(valid) & (valid > 0)]
-            vmax = float(np.percentile(valid, 95)) if valid.size else None
         depth = value[0] if value.ndim == 3 else value
-        return visualize.colorize_depth(depth, cmap=options.depth_cmap, vmax=vmax)
+        return visualize.colorize_depth(depth, cmap=options.depth_cmap, vmax=self._colour_max(value, reference, options))
+
+    def scale_key(
+        self, value: Tensor | np.ndarray, *, reference: Tensor | np.ndarray | None = None, options: visualize.PictureOptions | None = None, width: int
+    ) -> np.ndarray | None:
+        options = options or visualize.PictureOptions()
+        vmax = self._colour_max(value, reference, options)
+        return None if vmax is None else visualize.depth_scale_bar(width, vmax, options.depth_cmap)
+
+    @staticmethod
+    def _colour_max(value: Tensor | np.ndarray, reference: Tensor | np.ndarray | None, options: visualize.PictureOptions) -> float | None:
+        """The depth shown with the last colour: ``options.depth_max``, else the 95th percentile of the reference's
+        valid depths (so a prediction and its target share one scale), else of the picture's own."""
+        if options.depth_max is not None:
+            return options.depth_max
+        source = value if reference is None else reference
+        return visualize.depth_scale(torch.as_tensor(source).float().cpu())
 
     def write_prediction(self, folder: Path, stem: str, prediction: np.ndarray, image: np.ndarray, *, options: visualize.PictureOptions) -> np.ndarray:
         save_depth_png(prediction, folder / f"{stem}.png")

@@ -109,6 +109,10 @@ class SegmentationTask(TaskKind):
         labels = value.argmax(0) if value.ndim == 3 else value
         return visualize.colorize_segmentation(labels, self.num_classes, self.ignore_index)
 
+    def legend(self, width: int) -> np.ndarray:
+        names = self.class_names or [f"class {index}" for index in range(self.num_classes)]
+        return visualize.class_legend(names, self.num_classes, width)
+
     def write_prediction(self, folder: Path, stem: str, prediction: np.ndarray, image: np.ndarray, *, options: visualize.PictureOptions) -> np.ndarray:
         visualize.save_png(prediction.astype(np.uint8), folder / f"{stem}.png", palette=visualize.segmentation_palette(self.num_classes))
         panel = visualize.overlay(image, self.colorize(prediction))
