@@ -113,3 +113,41 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and "deeplabv3" in result.stdout
     result = subprocess.run([sys.executable, "-m", "multitask_deeplab", "evaluate", "/nowhere.pt"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == "mtdl: error: checkpoint not found: /nowhere.pt"
+
+
+def test_list_backbones_into_a_closed_pipe_ends_quietly():
+    """`mtdl list backbones | head`: the reader goes away before the list is printed."""
+    command = [sys.executable, "-m", "multitask_deeplab", "list", "backbones", "--filter", "resnet1*", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and err == ""
+
+
+def test_evaluate_takes_data_overrides_for_a_moved_data_folder(tmp_path, capsys):
+    from fixtures_formats import write_folder
+
+    write_folder(tmp_path / "data")
+    recipe = write(tmp_path, FOLDER.replace("ROOT", str(tmp_path / "data")).replace("OUT", str(tmp_path / "run")))
+    assert run_cli(capsys, "train", str(recipe), "--no-progress")[0] == 0
+    (tmp_path / "data").rename(tmp_path / "moved")
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    code, _, err = run_cli(capsys, "evaluate", checkpoint, "--device", "cpu")
+    assert code == 2 and "folder dataset root not found" in err
+    code, out, _ = run_cli(capsys, "evaluate", checkpoint, f"data.root={tmp_path / 'moved'}", "eval.batch_size=1", "--device", "cpu")
+    assert code == 0 and "seg.miou" in out
+    code, _, err = run_cli(capsys, "evaluate", checkpoint, "tasks.seg.num_classes=3", "--device", "cpu")
+    assert code == 2 and err == (
+        "mtdl: error: override 'tasks.seg.num_classes=3': evaluate takes data.* and eval.* overrides only "
+        "(e.g. data.root=/new/place); the model and tasks come from the checkpoint\n"
+    )
+
+
+FOLDER = """
+model: {backbone: test_efficientnet, output_stride: 32}
+tasks:
+  seg: {kind: segmentation, num_classes: 5, head: {type: deeplabv3, channels: 8}, loss: {type: cross_entropy}}
+data: {type: folder, root: ROOT, num_classes: 5, targets: [seg], splits: {train: train.txt, val: val.txt}, num_workers: 0}
+train: {steps: 1, batch_size: 2, device: cpu, output_dir: OUT}
+eval: {num_visualize: 0}
+"""

@@ -85,4 +85,5 @@ def test_an_error_on_one_rank_ends_the_other(tmp_path):
     (code0, _, err0), (code1, _, err1) = finish(launch_ranks(2, *args), timeout=150)
     assert code1 != 0 and "a bug on rank 1 at step 3" in err1
     assert code0 != 0, "rank 0 ended too"
+    assert err0.strip().splitlines()[-1].startswith("mtdl: error: ") and "Traceback" not in err0, err0[-2000:]
 
