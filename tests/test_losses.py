@@ -23,8 +23,8 @@ def normals_map(*vectors: tuple[float, float, float]) -> torch.Tensor:
 def test_registry_holds_every_loss_with_its_kind():
     kinds = {name: [TASKS.name_of(kind) for kind in LOSSES.build({"type": name}).kinds] for name in LOSSES.names()}
     assert kinds == {
-        "berhu": ["depth"], "cosine": ["normals"], "cross_entropy": ["segmentation"], "l1": ["depth"], "log_l1": ["depth"],
-        "silog": ["depth"],
+        "balanced_bce": ["BinaryMapTask"], "berhu": ["depth"], "cosine": ["normals"], "cross_entropy": ["segmentation"],
+        "l1": ["depth"], "log_l1": ["depth"], "normals_l1": ["normals"], "silog": ["depth"],
     }
     assert {name: LOSSES.build({"type": name}).name for name in LOSSES.names()} == {name: name for name in LOSSES.names()}
     with pytest.raises(ValueError, match="did you mean 'silog'"):

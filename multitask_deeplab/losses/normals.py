@@ -36,3 +36,30 @@ class CosineNormalsLoss(DenseLoss):
         pred_valid = F.normalize(pred.movedim(1, -1)[valid].float(), dim=-1)
         target_valid = F.normalize(target.movedim(1, -1)[valid].float(), dim=-1)
         return (1.0 - (pred_valid * target_valid).sum(dim=-1)).mean()
+
+
+@LOSSES.register("normals_l1")
+class L1NormalsLoss(DenseLoss):
+    """Mean absolute difference between the normalised prediction and the target, over the three components of the
+    valid pixels: Multi-Task-Learning-PyTorch's ``NormalsLoss(normalize=True, norm=1)``, its loss for normals.
+
+    A pixel is valid when its target normal is finite with length > 0.5 (see :func:`valid_normals`).
+    """
+
+    kinds = (NormalsTask,)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss over valid pixels.
+
+        Args:
+            pred: ``B x 3 x H x W`` predicted normals (normalised here).
+            target: ``B x 3 x H x W`` unit normals, all-zero where unknown.
+        """
+        check_same_shape(self.name, pred, target)
+        if pred.dim() != 4 or pred.shape[1] != 3:
+            raise ValueError(f"normals_l1 needs B x 3 x H x W normals, got {tuple(pred.shape)}")
+        valid = valid_normals(target)
+        if not valid.any():
+            return zero_loss(pred)
+        unit = F.normalize(pred.float(), dim=1, eps=1e-12)
+        return (unit - target.float()).abs().movedim(1, -1)[valid].mean()
