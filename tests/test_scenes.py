@@ -60,7 +60,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 def test_sample_format_and_value_ranges() -> None:
     dataset = ScenesDataset("val", num_samples=6, height=50, width=70)
     for sample in dataset.__getitems__(range(6)):
-        assert sample.keys() == {"image", "seg", "depth", "normals"}
+        assert sample.keys() == {"image", "seg", "depth", "normals", "edges"}
         assert sample["image"].shape == (3, 50, 70) and sample["image"].dtype == torch.float32
         assert sample["seg"].shape == (50, 70) and sample["seg"].dtype == torch.int64
         assert sample["depth"].shape == (1, 50, 70) and sample["depth"].dtype == torch.float32
