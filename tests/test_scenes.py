@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,3 +285,16 @@ def test_normals_face_the_camera() -> None:
         cosine = (out["normals"][i] * rays).sum(0) / rays.norm(dim=0)
         assert (cosine < 1e-4).all()
         assert (out["depth"][i] > 0).all()
+
+
+def test_the_edges_target_is_derived_from_the_labels_and_the_default_recipe_never_reads_it() -> None:
+    from multitask_deeplab.config import recipe as recipe_module
+    from multitask_deeplab.data.boundaries import label_boundaries
+    from multitask_deeplab.data.targets import batch_target_kinds
+    from multitask_deeplab.engine.build import build_tasks
+
+    dataset = ScenesDataset("val", num_samples=3, height=40, width=48)
+    for sample in dataset.__getitems__(range(3)):
+        assert torch.equal(sample["edges"], label_boundaries(sample["seg"])[None]) and sample["edges"].any()
+    default = recipe_module.load(Path(__file__).resolve().parents[1] / "recipes" / "scenes_seg_depth.yaml")
+    assert list(batch_target_kinds(dataset, build_tasks(default))) == ["seg", "depth"], "the trainer moves seg and depth only"

@@ -23,12 +23,13 @@ def read_mat(path: Path, what: str, *, needs: str) -> dict[str, Any]:
     """
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError as error:
         raise ValueError(f"{what} {SCIPY_HINT}") from error
     require_file(path, what)
     try:
         variables = loadmat(path)
-    except (OSError, ValueError, NotImplementedError, TypeError) as error:
+    except (MatReadError, OSError, ValueError, NotImplementedError, TypeError) as error:
         raise ValueError(f"cannot read {path} as a MATLAB v5 .mat file: {error}") from error
     if needs not in variables:
         found = ", ".join(k for k in variables if not k.startswith("__")) or "none"

@@ -99,10 +99,10 @@ class PascalContext(FileDataset):
                                                   class_names=self.class_names)
         folders = {"image": "JPEGImages", "human_parts": "human_parts", "saliency": "sal_distill",
                    "normals": "normals_distill", "label_map": "pascal-context/trainval", "seg": "semseg"}
-        needed = {"image", *self.targets} - {"edges"}
+        needed = [key for key in self.targets if key != "edges"]
         if {"normals", "edges"} & set(self.targets):
-            needed.add("label_map")  # normals are masked by it, edges derived from it
-        for key in sorted(needed):
+            needed.append("label_map")  # normals are masked by it, edges derived from it
+        for key in ("image", *needed):
             require_dir(self.root / folders[key], f"pascal_context {key} folder")
         self.names = read_stems(self.root / "ImageSets" / "Context" / f"{split}.txt", f"pascal_context split file of {split!r}")
         self._check_not_empty(self.root / "ImageSets" / "Context")
