@@ -217,3 +217,72 @@ def test_ddp_sync_decision_follows_the_level_and_the_micro_batch() -> None:
     accumulation.done = 1
     assert ddp_syncs(build("fixed"), accumulation) and not ddp_syncs(build("pcgrad"), accumulation)
     assert ddp_syncs(build("fixed")) and not ddp_syncs(build("mgda"))
+
+
+# --- accumulation -------------------------------------------------------------------------------------------
+
+ACCUMULATED = [
+    ("pcgrad", {}),
+    ("mgda", {}),  # MGDA-UB: the feature Gram matrices add up over the micro-batches
+    ("mgda", {"gradients": "params"}),
+    ("cagrad", {}),
+    ("nash_mtl", {}),  # with its max_norm clip
+    ("imtl", {}),
+    ("aligned_mtl", {"gradients": "features"}),
+    ("fixed", {"weights": {"seg": 2.0, "depth": 0.5}}),
+    ("uncertainty", {}),
+    ("dwa", {}),
+    ("rlw", {}),
+    ("gradnorm", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "args"), ACCUMULATED, ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={w}" for k, w in v.items()))
+def test_four_micro_batches_of_two_equal_one_step_of_eight(name: str, args: dict) -> None:
+    """Gradient-level strategies are solved once on the accumulated gradients of the whole step, loss-level ones
+    sum 1/N of each micro-batch: the same gradients (and the same state afterwards) as one batch of 8. The net has
+    no batch statistics, so the micro-batches compute the same function as the whole batch."""
+    data = batch(size=8, seed=3)
+    results = []
+    for micro in (1, 4):
+        net, strategy = Net(), build(name, **args)
+        first = driver_step(strategy, net, data, micro=micro)
+        second = driver_step(strategy, net, batch(size=8, seed=4), micro=micro)  # from the state the first left
+        results.append((first, second, strategy.task_weights(), strategy.state_dict()))
+    (a1, a2, wa, sa), (b1, b2, wb, sb) = results
+    for x, y in zip([*a1, *a2], [*b1, *b2]):  # float32 sums in another order: rounding only
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-7)
+    assert wb == pytest.approx(wa, rel=1e-4)
+    for key, value in sa.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            torch.testing.assert_close(sb[key], value, rtol=1e-4, atol=1e-7, msg=key)
+
+
+def test_fixed_coefficient_steps_accumulate_too() -> None:
+    """Nash-MTL between two solves (update_weights_every=2): one backward of sum alpha_t L_t per micro-batch,
+    clipped once on the whole step's update, on the parameters and on the features."""
+    for gradients in ("params", "features"):
+        results = []
+        for micro in (1, 2):
+            net, strategy = Net(), build("nash_mtl", update_weights_every=2, max_norm=0.05, gradients=gradients)
+            steps = [driver_step(strategy, net, batch(size=4, seed=s), micro=micro) for s in range(3)]
+            results.append((steps, strategy.task_weights()))
+        for x, y in zip(sum(results[0][0], []), sum(results[1][0], [])):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
+        assert results[1][1] == pytest.approx(results[0][1], rel=1e-5)
+
+
+def test_loss_dependent_weights_come_from_each_micro_batch() -> None:
+    """GLS's weights depend on the batch's losses; accumulated, each micro-batch uses its own (documented):
+    the step's gradient is the mean of the micro-batches' GLS gradients."""
+    data, net = batch(size=4, seed=5), Net()
+    ours = driver_step(build("gls"), net, data, micro=2)
+    expected = None
+    for i in range(2):
+        part = {key: value[2 * i : 2 * i + 2] for key, value in data.items()}
+        losses = losses_of(net(part["image"]), part)
+        geometric = (losses["seg"] * losses["depth"]).sqrt()
+        grads = torch.autograd.grad(geometric, list(net.parameters()))
+        expected = [g / 2 for g in grads] if expected is None else [e + g / 2 for e, g in zip(expected, grads)]
+    for x, y in zip(ours, expected):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)

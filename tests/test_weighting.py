@@ -567,3 +567,16 @@ def _ddp_worker(rank: int, path: str) -> None:
 
 def test_distributed_training_matches_single_process_on_the_whole_batch(tmp_path) -> None:
     torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_LEVEL))
+def test_representation_level_variant_solves_on_the_feature_gradients(name: str) -> None:
+    """``gradients="features"``: the strategy's direction in feature space (what it returns when the features are
+    the parameters) backpropagated through the feature map ``f = M theta``, i.e. ``M^T d``."""
+    generator = torch.Generator().manual_seed(7)
+    grads, mixing = torch.randn(3, 4, generator=generator), torch.randn(4, 6, generator=generator)
+    on_features, _ = linear_step(build(name, names(3), gradients="features"), grads, mixing=mixing)
+    direction, _ = linear_step(build(name, names(3), gradients="params"), grads)
+    torch.testing.assert_close(on_features, mixing.T @ direction, rtol=1e-4, atol=1e-6)
+    on_params, _ = linear_step(build(name, names(3), gradients="params"), grads, mixing=mixing)
+    assert not torch.allclose(on_params, on_features, rtol=1e-3), "the parameter level solves on other gradients"
