@@ -28,8 +28,13 @@ from multitask_deeplab.weighting.solvers import (
 
 TASKS = ["seg", "depth"]
 KINDS = {"seg": "segmentation", "depth": "depth"}
-GRADIENT_LEVEL = ["aligned_mtl", "cagrad", "imtl", "mgda", "nash_mtl", "pcgrad"]
-LOSS_LEVEL = ["dwa", "famo", "fixed", "gls", "gradnorm", "rlw", "uncertainty"]
+GRADIENT_LEVEL = [
+    "aligned_mtl", "cagrad", "config", "cr_mogm", "db_mtl", "dualproj", "excess_mtl", "fairgrad", "graddrop", "gradvac",
+    "imtl", "mgda", "moco", "modo", "nash_mtl", "pcd", "pcgrad", "sdmgrad", "upgrad",
+]  # fmt: skip
+LOSS_LEVEL = ["dwa", "famo", "fixed", "gls", "gradnorm", "imtl_l", "rlw", "stch", "uncertainty"]
+PARAMS_ONLY = ["db_mtl", "excess_mtl", "moco", "modo", "sdmgrad"]  # state per gradient coordinate, or double sampling
+KEEPS_ABSENT_TASKS = ["cr_mogm", "db_mtl", "excess_mtl", "graddrop", "moco", "modo", "sdmgrad"]  # weights with memory
 
 
 def build(name: str, tasks: list[str] = TASKS, **args: object) -> Weighting:
@@ -123,7 +128,7 @@ def test_registry_holds_every_strategy() -> None:
     assert [n for n in WEIGHTINGS.names() if build(n).level == "gradient"] == sorted(GRADIENT_LEVEL)
     assert [n for n in WEIGHTINGS.names() if build(n).level == "loss"] == sorted(LOSS_LEVEL)
     assert [n for n in WEIGHTINGS.names() if build(n).needs_post_step_losses] == ["famo"]
-    assert [n for n in WEIGHTINGS.names() if build(n).needs_features] == ["mgda"]
+    assert [n for n in WEIGHTINGS.names() if build(n).needs_features] == ["graddrop", "mgda"]
     assert not build("mgda", gradients="params").needs_features
 
 
@@ -141,7 +146,7 @@ def test_two_steps_give_finite_grads_even_with_an_empty_task(name: str) -> None:
         strategy.end_epoch({"seg": 1.0 + step, "depth": 2.0})
         weights = strategy.task_weights()
         assert list(weights) == TASKS and all(math.isfinite(w) for w in weights.values())
-    if name in GRADIENT_LEVEL:  # the empty task is left out of the combination
+    if name in GRADIENT_LEVEL and name not in KEEPS_ABSENT_TASKS:  # the empty task is left out of the combination
         assert strategy.task_weights()["depth"] == 0.0
 
 
@@ -522,25 +527,36 @@ def test_nash_mtl_reuses_its_weights_between_updates() -> None:
 
 # --- torch.distributed ----------------------------------------------------------------------------------------
 
-DDP_STRATEGIES = [
-    ("imtl", {}, 1),
-    ("mgda", {}, 1),
-    ("nash_mtl", {"gradients": "features", "max_norm": 0.0}, 1),  # the feature Gram's scale reaches the weights
-    ("pcgrad", {}, 2),
-    ("gradnorm", {}, 1),
-    ("uncertainty", {}, 2),
-    ("gls", {}, 1),
-    ("famo", {}, 1),
+DDP_STRATEGIES = [  # name, arguments, micro-batches per process, micro-batches of the single-process reference
+    ("imtl", {}, 1, 1),
+    ("mgda", {}, 1, 1),
+    ("nash_mtl", {"gradients": "features", "max_norm": 0.0}, 1, 1),  # the feature Gram's scale reaches the weights
+    ("pcgrad", {}, 2, 1),
+    ("upgrad", {}, 1, 1),
+    ("gradvac", {}, 1, 1),
+    ("graddrop", {"gradients": "params"}, 1, 1),  # the same draws on every process
+    ("pcd", {}, 1, 1),
+    ("moco", {}, 1, 1),
+    ("db_mtl", {}, 1, 1),
+    ("excess_mtl", {}, 1, 1),
+    ("modo", {}, 1, 2),  # double sampling: two processes are two independent batches, like two micro-batches
+    ("sdmgrad", {}, 2, 4),
+    ("gradnorm", {}, 1, 1),
+    ("uncertainty", {}, 2, 1),
+    ("gls", {}, 1, 1),
+    ("famo", {}, 1, 1),
+    ("stch", {}, 1, 1),
+    ("imtl_l", {}, 1, 1),
 ]
 
 
 def _ddp_worker(rank: int, path: str) -> None:
     batch = make_batch(size=4, seed=1)
     references = {}
-    for name, args, _ in DDP_STRATEGIES:  # single process, whole batch, before the group exists
+    for name, args, _, reference in DDP_STRATEGIES:  # single process, whole batch, before the group exists
         torch.manual_seed(0)
         model, strategy = TinyNet(), build(name, **args)
-        train_step(strategy, model, batch)
+        train_step(strategy, model, batch, micro=reference)
         references[name] = ([p.grad for p in [*model.parameters(), *strategy.parameters()]], strategy.task_weights())
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
@@ -553,7 +569,7 @@ def _ddp_worker(rank: int, path: str) -> None:
         assert params[0].grad.tolist() == [1.5, 1.5] and params[1].grad.tolist() == [0.0, 0.0, 0.0]
 
         half = {key: value[2 * rank : 2 * rank + 2] for key, value in batch.items()}
-        for name, args, micro in DDP_STRATEGIES:  # each process: half the batch, in ``micro`` micro-batches
+        for name, args, micro, _ in DDP_STRATEGIES:  # each process: half the batch, in ``micro`` micro-batches
             torch.manual_seed(0)
             model, strategy = TinyNet(), build(name, **args)
             train_step(strategy, model, half, net=nn.parallel.DistributedDataParallel(model), micro=micro)
@@ -569,7 +585,7 @@ def test_distributed_training_matches_single_process_on_the_whole_batch(tmp_path
     torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
 
 
-@pytest.mark.parametrize("name", sorted(GRADIENT_LEVEL))
+@pytest.mark.parametrize("name", sorted(set(GRADIENT_LEVEL) - set(PARAMS_ONLY)))
 def test_representation_level_variant_solves_on_the_feature_gradients(name: str) -> None:
     """``gradients="features"``: the strategy's direction in feature space (what it returns when the features are
     the parameters) backpropagated through the feature map ``f = M theta``, i.e. ``M^T d``."""

@@ -242,7 +242,7 @@ def mtl_backward(
     if isinstance(weighting, LossWeighting):
         _loss_level(vector, detached, weighting, shared_parameters, acc, scale)
     elif isinstance(weighting, GradientWeighting):
-        _gradient_level(vector, weighting, shared_parameters, head_parameters, features, acc, scale)
+        _gradient_level(vector, detached, weighting, shared_parameters, head_parameters, features, acc, scale)
     else:
         raise TypeError(f"{type(weighting).__name__} is neither a LossWeighting nor a GradientWeighting; subclass one of them")
     acc.done += 1
@@ -266,6 +266,7 @@ def _loss_level(
 
 def _gradient_level(
     vector: Tensor,
+    detached: Tensor,
     weighting: GradientWeighting,
     shared: Sequence[Tensor],
     heads: Sequence[Tensor],
@@ -274,7 +275,7 @@ def _gradient_level(
     scale: float,
 ) -> None:
     direct = [*heads, *(p for p in weighting.parameters() if p.requires_grad)]
-    scaled = weighting.transform(vector) * (scale / acc.steps)
+    scaled = vector * weighting.loss_scales(detached).to(vector) * (scale / acc.steps)
     fixed = weighting.fixed_coefficients()
     inputs = features.leaves if features is not None else list(shared)
     if fixed is not None:  # one backward: sum_t c_t L_t into the shared inputs, sum_t L_t into the heads

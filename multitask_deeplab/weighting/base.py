@@ -183,9 +183,11 @@ class GradientWeighting(Weighting):
     def needs_features(self) -> bool:
         return self.gradients == "features"
 
-    def transform(self, losses: Tensor) -> Tensor:
-        """The differentiable function of the task losses whose gradients the strategy combines (identity)."""
-        return losses
+    def loss_scales(self, losses: Tensor) -> Tensor:
+        """Factors of the task losses before their gradients are taken (1: none), from the detached losses
+        averaged over processes: ``d f(L) / dL`` makes the gradients those of ``f(L)`` (DB-MTL's log), exactly as
+        one process on the whole batch (or micro-batch) would take them."""
+        return torch.ones_like(losses)
 
     def fixed_coefficients(self) -> Tensor | None:
         """Coefficients to use this step without per-task gradients (one backward of ``sum_t c_t L_t``), or None."""

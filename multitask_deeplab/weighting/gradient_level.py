@@ -184,3 +184,24 @@ class NashMTL(GradientWeighting):
 
     def scale_update(self, norm: float) -> float:
         return min(1.0, self.max_norm / norm) if self.max_norm > 0 and math.isfinite(norm) and norm > 0 else 1.0
+
+
+@WEIGHTINGS.register("fairgrad")
+class FairGrad(GradientWeighting):
+    """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024, Algorithm 1).
+
+    alpha-fair allocation of the update's first-order progress among the tasks: weights ``x > 0`` with
+    ``(G^T G x)_i = x_i^(-1/alpha)`` (their Eq. 4), found exactly by Newton's method (:func:`fair_coefficients`)
+    instead of the reference's scipy ``least_squares``. Every task's loss then decreases to first order
+    (``<g_i, d> = x_i^(-1/alpha) > 0``); ``alpha = 1`` gives Nash-MTL's weights (without its clip).
+
+    Args:
+        alpha: The fairness parameter (> 0; the authors' run script: 2; LibMTL's default: 1).
+    """
+
+    def __init__(self, *, alpha: float = 2.0, **base: Any) -> None:
+        super().__init__(**base)
+        self.alpha = check_number("fairgrad", "alpha", alpha, low=0.0, low_open=True)
+
+    def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
+        return fair_coefficients(gram, self.alpha, owner="fairgrad")

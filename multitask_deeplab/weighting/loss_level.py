@@ -242,3 +242,64 @@ class FAMO(LossWeighting):
         adam_step_(
             self.logits, grad, self.exp_avg, self.exp_avg_sq, self.step, lr=self.lr, weight_decay=self.weight_decay
         )
+
+
+@WEIGHTINGS.register("stch")
+class SmoothTchebycheff(LossWeighting):
+    """STCH, Smooth Tchebycheff scalarisation (Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
+    Optimization", ICML 2024), in the form of the authors' multi-task code and LibMTL.
+
+    Up to epoch ``warmup_epoch`` (0-based, included) the losses' logs are summed (``sum_t log L_t``), and during
+    that epoch the mean losses are recorded as the nadir point ``z``. Then each step backpropagates
+    ``T mu log sum_t exp(log(L_t / z_t) / mu)``, a smooth maximum of the log-losses relative to ``z`` that tends to
+    the worst task's as ``mu -> 0``. Backpropagated as ``sum_t w_t L_t`` with ``w_t = d objective / d L_t`` at the
+    losses averaged over processes (as ``gls``), so DDP training matches one process on the whole batch. Epochs are
+    counted by the trainer's epoch ends (a schedule shorter than the warm-up only ever sums the logs).
+
+    Args:
+        mu: The smoothing parameter (LibMTL's default 1).
+        warmup_epoch: The epoch that records the nadir point, after which STCH starts (LibMTL's default 4).
+    """
+
+    def __init__(self, *, mu: float = 1.0, warmup_epoch: int = 4, **base: Any) -> None:
+        super().__init__(**base)
+        self.mu = check_number("stch", "mu", mu, low=0.0, low_open=True)
+        if isinstance(warmup_epoch, bool) or not isinstance(warmup_epoch, int) or warmup_epoch < 0:
+            raise ValueError(f"stch warmup_epoch must be an integer >= 0, got {warmup_epoch!r}")
+        self.warmup_epoch = warmup_epoch
+        self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
+        self.register_buffer("loss_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
+        self.register_buffer("loss_count", torch.zeros((), dtype=torch.long))
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        epoch = int(self.epochs.item())
+        if epoch <= self.warmup_epoch:
+            if epoch == self.warmup_epoch:
+                self.loss_sum.add_(losses.to(self.loss_sum))
+                self.loss_count += 1
+            return 1.0 / (losses + 1e-20)  # d/dL of sum_t log(L_t + 1e-20)
+        nadir = (self.loss_sum / self.loss_count.clamp_min(1)).to(losses)
+        relative = torch.log(losses / nadir + 1e-20)
+        return self.num_tasks * torch.softmax(relative / self.mu, dim=0) / (losses + 1e-20 * nadir)
+
+    def end_epoch(self, mean_losses: Mapping[str, float]) -> None:
+        self.epochs += 1
+
+
+@WEIGHTINGS.register("imtl_l")
+class IMTLL(LossWeighting):
+    """IMTL-L, the loss half of Impartial Multi-Task Learning (Liu et al., ICLR 2021; torchjd's ``IMTLL``).
+
+    Learns a scale ``s_t`` (an ``nn.Parameter``, 0 at the start, trained by the trainer's optimizer without
+    weight decay) per task and backpropagates ``sum_t (exp(s_t) L_t - s_t)``: at its optimum every scaled loss
+    ``exp(s_t) L_t`` equals 1. ``task_weights()`` reports ``exp(s_t)``. (IMTL-G, the gradient half, is ``imtl``.)
+    """
+
+    def __init__(self, **base: Any) -> None:
+        super().__init__(**base)
+        self.log_scales = nn.Parameter(torch.zeros(self.num_tasks))
+
+    def combine(self, losses: Tensor, detached: Tensor) -> Tensor:
+        scales = torch.exp(self.log_scales)
+        self.weights.copy_(scales.detach())
+        return (scales * losses - self.log_scales).sum()

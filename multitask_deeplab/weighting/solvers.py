@@ -364,6 +364,63 @@ def aligned_mtl_matrix(gram: Tensor, scale_mode: str = "min") -> Tensor:
     return eigvecs @ torch.diag(sigma / eigvals.sqrt()) @ eigvecs.T
 
 
+def gradvac_coefficients(gram: Tensor, targets: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+    """GradVac's corrected gradients as rows of coefficients over the original ones (Wang et al. 2021), updating
+    the cosine targets ``targets`` (T x T, the EMA ``phi_hat``) in place.
+
+    For each task ``i`` the others ``j`` are visited in random order; with ``phi`` the cosine between the corrected
+    ``g_i`` and ``g_j``, when ``phi < phi_hat_ij`` the corrected gradient gains
+    ``|g_i| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (|g_j| sqrt(1 - phi_hat^2)) g_j``, which raises
+    the cosine to ``phi_hat``; then ``phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi``. Every quantity follows from
+    the Gram matrix (as in torchjd); the norms and cosines need no epsilon (the driver passes active tasks only).
+    """
+    k = gram.shape[0]
+    coef = torch.eye(k, dtype=gram.dtype)
+    norms = gram.diagonal().sqrt()
+    for i in range(k):
+        others = [j for j in range(k) if j != i]
+        for j in (others[n] for n in torch.randperm(len(others), generator=generator).tolist()):
+            products = coef[i] @ gram
+            norm_i = (products @ coef[i]).clamp_min(0.0).sqrt()
+            phi = (products[j] / (norm_i * norms[j])).clamp(-1.0, 1.0)
+            target = targets[i, j]
+            if phi < target:
+                sine, target_sine = (1.0 - phi**2).sqrt(), (1.0 - target**2).clamp_min(torch.finfo(gram.dtype).tiny).sqrt()
+                coef[i, j] += norm_i * (target * sine - phi * target_sine) / (norms[j] * target_sine)
+            targets[i, j] = (1.0 - beta) * target + beta * phi
+    return coef
+
+
+def config_coefficients(gram: Tensor) -> Tensor:
+    """ConFIG's update as coefficients over the task gradients (Liu, Chu & Thuerey 2025, Eq. 2).
+
+    ``g_u = U^+ 1`` (``U``: the unit gradients as rows) normalised, times ``sum_i <g_i, g_u>``. Since
+    ``U^+ = U^T (U U^T)^+`` and ``U U^T`` is the unit-diagonal Gram matrix ``C``, ``g_u`` is ``J^T D^-1 C^+ 1``,
+    and the whole update follows from ``M``. Eigenvalues of ``C`` below ``T eps_float32`` times the largest are
+    treated as zero, like the pseudo-inverse of a float32 matrix.
+    """
+    cosines, d = unit_diagonal(gram)
+    eigvals, eigvecs = torch.linalg.eigh(cosines)
+    keep = eigvals > eigvals.max() * gram.shape[0] * torch.finfo(torch.float32).eps
+    inverse = eigvecs[:, keep] @ torch.diag(1.0 / eigvals[keep]) @ eigvecs[:, keep].T
+    c = (inverse @ torch.ones(len(d), dtype=gram.dtype)) / d
+    return c * (gram @ c).sum() / (c @ gram @ c)
+
+
+def pcd_multipliers(gram: Tensor, tau: Tensor, *, owner: str) -> Tensor | None:
+    """The KKT multipliers ``mu >= 0`` of Priority-Constrained Descent's program (torchjd; "Not All Objectives Are
+    Born Equal", TMLR 2026): ``min_d |d - g_1|^2 / 2`` s.t. ``<g_j, d> >= tau_j |g_j|^2`` for the secondary tasks
+    ``j``, whose solution is ``d = g_1 + sum_j mu_j g_j``.
+
+    The dual ``min_{mu >= 0} mu^T M_s mu / 2 - b^T mu`` with ``b = tau diag(M_s) - M[1:, 0]`` (``M_s`` the secondary
+    block) is solved exactly by :func:`solve_qp`; None when it is unbounded, i.e. the constraints are infeasible.
+    """
+    block = gram[1:, 1:]
+    if block.numel() == 0:
+        return torch.zeros(0, dtype=gram.dtype)
+    return solve_qp(block, gram[1:, 0] - tau * block.diagonal(), simplex=False, owner=owner)
+
+
 def project_to_simplex(v: Tensor) -> Tensor:
     """Euclidean projection of ``v`` onto the probability simplex (sort-based, Duchi et al. 2008)."""
     u, _ = torch.sort(v, descending=True)
