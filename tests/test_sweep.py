@@ -83,3 +83,17 @@ def test_sweep_rejects_an_unknown_strategy_before_training(recipe_file, tmp_path
     assert main(["sweep", str(recipe_file), f"train.output_dir={tmp_path / 'run'}", "--weightings", "pcgrd"]) == 2
     assert "did you mean 'pcgrad'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_on_the_features_trains_the_representation_level_variants(recipe_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--gradients", "features", "--no-progress"]
+    assert main([*args, "--weightings", "fixed", "pcgrad", "moco"]) == 2
+    assert "--gradients features: moco has no such variant; leave it out of --weightings" in capsys.readouterr().err
+    assert not (out / "sweep").exists()
+    assert main([*args, "--weightings", "fixed", "pcgrad"]) == 0
+    rows = json.loads((out / "sweep" / "sweep-features.json").read_text())
+    assert [row["weighting"] for row in rows] == ["fixed", "pcgrad@features"]
+    state = torch.load(out / "sweep" / "pcgrad@features" / "last.pt", weights_only=True)
+    assert state["recipe"]["weighting"] == {"type": "pcgrad", "gradients": "features"}
+    assert not (out / "sweep" / "sweep.json").exists(), "the default-level table is not overwritten"
