@@ -68,7 +68,7 @@ class Accumulation:
     pieces: Tensor | None = None  # sum of the micro-batches' own Gram matrices, for the independent estimate
     losses: Tensor | None = None  # sum of the micro-batches' detached losses (averaged over processes)
     layer: Tensor | None = None  # the task gradients at the last shared layer (layer-norm strategies)
-    sq_norm: float = 0.0  # representation level, direction known per micro-batch: squared norm of the update so far
+    sq_norm: float = 0.0  # representation level with fixed coefficients: squared norm of the update so far
     mean_losses: Tensor | None = None  # the mean of ``losses`` over the micro-batches so far
 
     @property
@@ -289,8 +289,11 @@ def _gradient_level(
         if weighting.independent_gram:
             acc.pieces = _add(acc.pieces, rows @ rows.T)
     elif fixed is not None or weighting.uses_matrix:  # this micro-batch's feature direction is known now
-        direction = rows[0] if fixed is not None else _matrix_direction(weighting, rows, acc, scale)
-        acc.sq_norm += float(direction.double().square().sum())
+        if fixed is not None:
+            direction = rows[0]
+            acc.sq_norm += float(direction.double().square().sum())
+        else:
+            direction = _matrix_direction(weighting, rows, acc, scale)
         _backward_features(features, direction, shared)
     elif acc.steps == 1:  # solve on this batch's feature gradients, then one backbone backward
         gram = all_reduce_mean_(rows @ rows.T) / world_size()

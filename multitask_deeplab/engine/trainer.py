@@ -428,6 +428,12 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.weighting.load_state_dict(state["weighting"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        saved_micro = state["recipe"]["train"].get("accumulate_steps", 1)
+        if self.step_in_epoch and saved_micro != self.recipe.train.accumulate_steps:
+            raise ValueError(
+                f"{path} stopped inside an epoch with train.accumulate_steps={saved_micro}; resume with the same value "
+                f"(got {self.recipe.train.accumulate_steps}), or from a checkpoint at an epoch end"
+            )
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
         self.best_value = state["best"]["value"]
         self.last_metrics = state["metrics"]
