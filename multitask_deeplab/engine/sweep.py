@@ -62,7 +62,7 @@ def sweep(
         train = dataclasses.replace(recipe.train, output_dir=str(folder / row))
         trainer = Trainer(dataclasses.replace(recipe, weighting=weighting, train=train), show_progress=show_progress)
         metrics = trainer.fit()
-        rows.append({"weighting": row, **metrics, "delta_m": recipe_delta_m(recipe, metrics), "seconds_per_step": trainer.seconds_per_step})
+        rows.append({"weighting": row, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
     return rows
 
 

@@ -1,10 +1,10 @@
 """Multi-task loss weighting strategies, built by name from the ``WEIGHTINGS`` registry.
 
-``WEIGHTINGS.build({"type": name, **args}, task_names=[...], task_kinds={...})`` returns an ``nn.Module`` (see
-:class:`Weighting`); :func:`multitask_deeplab.engine.backward.mtl_backward` turns a step's task losses into
-gradients with it. Loss-level strategies backpropagate one combination of the task losses; gradient-level ones
-combine the per-task gradients of the shared backbone parameters, or with ``gradients: features`` of the shared
-features (each head keeps its own task's gradient, weight 1).
+``WEIGHTINGS.build({"type": name, **args}, task_names=[...], task_kinds={...})`` returns a :class:`Weighting`;
+:func:`multitask_deeplab.engine.backward.mtl_backward` turns a step's task losses into gradients with it.
+Loss-level strategies backpropagate one combination of the task losses; gradient-level ones combine the per-task
+gradients of the shared backbone parameters, or with ``gradients: features`` of the shared features (each head
+keeps its own task's gradient, weight 1).
 
 Loss level:
     fixed        constant per-task weights (default 1 each).

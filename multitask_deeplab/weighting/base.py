@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from multitask_deeplab.config.validation import check_choice
 from multitask_deeplab.registry import Registry
-
-WEIGHTINGS: Registry = Registry("weighting")
+from multitask_deeplab.tasks import TaskKind
 
 ACTIVE_RTOL = 1e-8
 """A task whose shared gradient norm is at most this fraction of the largest is left out of a gradient-level
@@ -36,7 +35,7 @@ class Weighting(nn.Module):
 
     Args:
         task_names: The tasks, in a fixed order (weights, histories and state follow it).
-        task_kinds: ``{task: kind}`` ("segmentation", "depth", "normals"); only ``uncertainty`` uses it.
+        task_kinds: ``{task: TaskKind}``; only ``uncertainty`` uses it (each kind's ``classification`` flag).
     """
 
     level: ClassVar[str] = ""
@@ -45,7 +44,7 @@ class Weighting(nn.Module):
     needs_post_step_losses: bool = False
     """True when the trainer must call :meth:`after_step` with the batch's losses after the optimizer step."""
 
-    def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, TaskKind] | None = None) -> None:
         super().__init__()
         names = list(task_names)
         if not names or len(set(names)) != len(names):
@@ -93,6 +92,10 @@ class Weighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tasks={self.task_names}"
+
+
+WEIGHTINGS: Registry[Weighting] = Registry("weighting", Weighting)
+"""Every registered weighting strategy, by the name recipes give as ``weighting: {type: ...}``."""
 
 
 class SeededMixin:
