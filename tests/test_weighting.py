@@ -219,6 +219,8 @@ def test_errors_name_the_problem() -> None:
         model = TinyNet()
         _, losses = task_losses(model, make_batch())
         mtl_backward(losses, weighting=build("mgda"), shared_parameters=list(model.trunk.parameters()), head_parameters=[])
+    with pytest.raises(ValueError, match="Bare must subclass LossWeighting or GradientWeighting"):
+        type("Bare", (Weighting,), {})(task_names=TASKS)
     with pytest.raises(ValueError, match="distinct names"):
         WEIGHTINGS.build({"type": "fixed"}, task_names=["a", "a"])
 

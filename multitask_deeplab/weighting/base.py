@@ -46,6 +46,8 @@ class Weighting(nn.Module):
 
     def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, TaskKind] | None = None) -> None:
         super().__init__()
+        if type(self).level not in ("loss", "gradient"):
+            raise ValueError(f"{type(self).__name__} must subclass LossWeighting or GradientWeighting (not Weighting itself)")
         names = list(task_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"task_names must be a non-empty list of distinct names, got {names}")
