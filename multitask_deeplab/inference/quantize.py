@@ -2,7 +2,8 @@
 
 Weights are quantized to int8 per output channel; activations to uint8 per tensor, with ranges set by the
 smallest and largest values seen on a few calibration images (ONNX Runtime's MinMax calibration). The graph is
-first prepared by ONNX Runtime's ``quant_pre_process`` (shape inference, constant folding, fusions). On a CPU
+first prepared by ONNX Runtime's ``quant_pre_process`` (ONNX shape inference, constant folding, fusions; its
+symbolic shape inference, meant for transformers, gives up on some of these graphs and is skipped). On a CPU
 without VNNI instructions, weights use 7 bits (``reduce_range``): ONNX Runtime's uint8 x int8 kernels there can
 saturate their 16-bit intermediate sums, which VNNI's do not.
 
@@ -54,7 +55,7 @@ def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike, images: 
         raise ValueError("int8 calibration needs at least one image; pass a few training images")
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         tail = float_tail(onnx.load(str(prepared)).graph)
 
         def write(temp: Path) -> None:
