@@ -23,7 +23,8 @@ from torch import nn
 
 from benchmarks.measure import MiB, count_flops, in_fresh_process, time_interleaved
 from benchmarks.settings import Settings
-from multitask_deeplab.inference.backends import prepare_for_inference
+from multitask_deeplab.inference.backends import prepare_for_inference, resolve_precision
+from multitask_deeplab.inference.predictor import DEFAULT_PRECISION
 from multitask_deeplab.models.convert import load_torchvision_deeplabv3
 from multitask_deeplab.models.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel, create_model
 from multitask_deeplab.runtime.precision import native_bf16
@@ -134,9 +135,10 @@ def inference_options(settings: Settings) -> dict[str, dict[str, bool]]:
 
 
 def fast_option(settings: Settings) -> str:
-    """The option set the ``Predictor`` uses by default: BN folding and channels_last, plus bf16 autocast on a
-    GPU that computes bf16 natively (on the CPU bf16 stays an option: float32 keeps the model's function)."""
-    return "+ bf16 autocast" if settings.device.type == "cuda" and native_bf16(settings.device) else "+ channels_last"
+    """The option set the ``Predictor`` uses by default: BN folding and channels_last, plus bf16 autocast where its
+    default precision resolves to bf16 on this device."""
+    default = resolve_precision(DEFAULT_PRECISION, settings.device, "torch")
+    return "+ bf16 autocast" if default == "bf16" and native_bf16(settings.device) else "+ channels_last"
 
 
 def prepare(model: nn.Module, options: Mapping[str, bool], *, inplace: bool = False) -> nn.Module:

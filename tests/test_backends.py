@@ -268,7 +268,10 @@ def test_cli_backend_onnxruntime_writes_what_pytorch_writes(trained, tmp_path):
     assert not np.allclose(depth["onnxruntime", "int8"], depth["torch", "fp32"], atol=TOLERANCE)
 
 
-def test_cli_precision_errors_are_one_line_before_any_output(trained, tmp_path, capsys):
+def test_cli_precision_errors_are_one_line_before_any_output(trained, tmp_path, capsys, monkeypatch):
+    from multitask_deeplab.inference import quantize
+
+    monkeypatch.setattr(quantize, "sample_images", lambda *a, **k: pytest.fail("calibrated before checking the precision"))
     write_inputs(tmp_path / "in")
     assert run(str(trained[0]), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--precision", "int8") == 2
     err = capsys.readouterr().err

@@ -164,8 +164,9 @@ class Predictor:
         from multitask_deeplab.engine.restore import model_from_checkpoint
         from multitask_deeplab.inference.quantize import sample_images
 
+        precision = resolve_precision(options.get("precision", DEFAULT_PRECISION), resolve_device(device), options.get("backend", "torch"))
         model, recipe, _ = model_from_checkpoint(path)
-        if options.get("precision") == "int8" and options.get("calibration") is None and options.get("exported") is None:
+        if precision == "int8" and options.get("calibration") is None and options.get("exported") is None:
             options["calibration"] = sample_images(recipe)
         return cls(
             model,
