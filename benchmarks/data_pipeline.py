@@ -11,6 +11,8 @@ from benchmarks.settings import DEFAULT_RECIPE, Settings
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import build_dataset, build_loader, to_device
+from multitask_deeplab.data.targets import batch_target_kinds
+from multitask_deeplab.engine.build import build_tasks
 
 LOADER_WORKERS = (0, 2)
 
@@ -22,9 +24,9 @@ def run_data(settings: Settings) -> dict[str, Any]:
     overrides = [f"data.height={size}", f"data.width={size}"] if size else []
     recipe = recipe_module.load(DEFAULT_RECIPE, overrides)
     dataset = build_dataset(recipe, "train")
-    augment = build_augmentation(**recipe.data.augment).to(device)
+    augment = build_augmentation(**recipe.data.augment, targets=batch_target_kinds(dataset, build_tasks(recipe))).to(device)
     indices = iter(range(len(dataset)))  # fresh samples every call: nothing is cached
-    samples = to_device(default_collate(dataset.__getitems__(list(range(batch)))), device)
+    samples = to_device({key: value for key, value in default_collate(dataset.__getitems__(list(range(batch)))).items() if key in ("image", *augment.targets)}, device)
     timings = time_interleaved(
         {
             "render": lambda: dataset.__getitems__([next(indices) for _ in range(batch)]),

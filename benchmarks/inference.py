@@ -23,29 +23,25 @@ from torch import nn
 
 from benchmarks.measure import MiB, count_flops, in_fresh_process, time_interleaved
 from benchmarks.settings import Settings
+from multitask_deeplab import create_model
 from multitask_deeplab.inference.backends import prepare_for_inference, resolve_precision
 from multitask_deeplab.inference.predictor import DEFAULT_PRECISION
 from multitask_deeplab.models.convert import load_torchvision_deeplabv3
-from multitask_deeplab.models.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel, create_model
+from multitask_deeplab.models.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel
 from multitask_deeplab.runtime.precision import native_bf16
 
 NUM_CLASSES = 21
 EQUALITY_TOLERANCE = 1e-4
-SEG_HEAD = {"type": "deeplabv3", "out_channels": NUM_CLASSES}
+SEG_TASK = {"kind": "segmentation", "num_classes": NUM_CLASSES, "head": {"type": "deeplabv3"}}
+LIGHT_SEG_TASK = {**SEG_TASK, "head": {"type": "deeplabv3", "trunk": "light"}}
 DEPTH_HEADS: dict[str, dict[str, Any]] = {
-    "full ASPP depth head": {"heads": {"depth": {"type": "depth", "out_channels": 1}}},
-    "separable-ASPP depth head": {"heads": {"depth": {"type": "depth", "out_channels": 1, "separable": True}}},
-    "conv depth head": {"heads": {"depth": {"type": "depth", "out_channels": 1, "trunk": "conv"}}},
-    "depth head on layer3": {"heads": {"depth": {"type": "depth", "out_channels": 1, "in_index": -2}}, "out_indices": (3, 4)},
-    "shared trunk, light heads": {
-        "shared_trunk": {},
-        "heads": {"depth": {"type": "depth", "out_channels": 1, "trunk": "light"}},
-        "seg": {**SEG_HEAD, "trunk": "light"},
-    },
+    "full ASPP depth head": {"depth": {"type": "deeplabv3"}},
+    "separable-ASPP depth head": {"depth": {"type": "deeplabv3", "separable": True}},
+    "conv depth head": {"depth": {"type": "deeplabv3", "trunk": "conv"}},
+    "depth head on layer3": {"depth": {"type": "deeplabv3", "in_index": -2}, "out_indices": (3, 4)},
+    "shared trunk, light heads": {"shared_trunk": {}, "depth": {"type": "deeplabv3", "trunk": "light"}, "seg": LIGHT_SEG_TASK},
     "shared separable trunk, light heads": {
-        "shared_trunk": {"separable": True},
-        "heads": {"depth": {"type": "depth", "out_channels": 1, "trunk": "light"}},
-        "seg": {**SEG_HEAD, "trunk": "light"},
+        "shared_trunk": {"separable": True}, "depth": {"type": "deeplabv3", "trunk": "light"}, "seg": LIGHT_SEG_TASK,
     },
 }
 """The seg + depth variants: depth head (and, for the shared trunk, the seg head) of each, and the backbone levels
@@ -110,9 +106,9 @@ def randomise_batch_norm(model: nn.Module, generator: torch.Generator) -> None:
 def multitask_model(variant: str, backbone: str = "resnet50") -> MultiTaskModel:
     """This project's seg + depth model with the named depth-head variant (see ``DEPTH_HEADS``)."""
     spec = DEPTH_HEADS[variant]
-    heads = {"seg": spec.get("seg", SEG_HEAD), **spec["heads"]}
+    tasks = {"seg": spec.get("seg", SEG_TASK), "depth": {"kind": "depth", "head": spec["depth"]}}
     return create_model(
-        backbone, output_stride=8, heads=heads, shared_trunk=spec.get("shared_trunk"), out_indices=spec.get("out_indices", DEEPEST)
+        backbone, output_stride=8, tasks=tasks, shared_trunk=spec.get("shared_trunk"), out_indices=spec.get("out_indices", DEEPEST)
     )
 
 
@@ -179,7 +175,7 @@ def converted_pair(device: torch.device) -> tuple[nn.Module, MultiTaskModel, flo
     torch.manual_seed(0)
     reference = torchvision_deeplabv3(NUM_CLASSES)
     randomise_batch_norm(reference, generator)
-    ours = create_model("resnet50", output_stride=8, heads={"seg": SEG_HEAD}, out_indices=DEEPEST)
+    ours = create_model("resnet50", output_stride=8, tasks={"seg": SEG_TASK}, out_indices=DEEPEST)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "deeplabv3_resnet50.pth"
         torch.save(reference.state_dict(), path)

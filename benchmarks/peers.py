@@ -28,12 +28,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.inference import NUM_CLASSES, Normalized, PeerPair, forward_call, multitask_model, torchvision_deeplabv3, two_torchvision_models
+from benchmarks.inference import (
+    DEEPEST,
+    NUM_CLASSES,
+    SEG_TASK,
+    Normalized,
+    PeerPair,
+    forward_call,
+    multitask_model,
+    torchvision_deeplabv3,
+    two_torchvision_models,
+)
 from benchmarks.measure import count_flops, time_interleaved
 from benchmarks.settings import Settings
+from multitask_deeplab import create_model
 from multitask_deeplab.inference.backends import BACKENDS, Backend, BackendOptions, prepare_for_inference, resolve_precision
 from multitask_deeplab.inference.predictor import DEFAULT_PRECISION
-from multitask_deeplab.models.model import create_model
 from multitask_deeplab.runtime.precision import native_bf16
 
 SHIPPED, SAME = "as shipped", "same options"
@@ -75,10 +85,10 @@ def peers(group: str, encoder: str) -> dict[str, Callable[[], nn.Module]]:
 def ours(group: str, encoder: str) -> nn.Module:
     """This project's model for a group."""
     if group == SEG_V3:
-        return create_model(encoder, output_stride=8, heads={"seg": {"type": "deeplabv3", "out_channels": NUM_CLASSES}}, out_indices=(4,))
+        return create_model(encoder, output_stride=8, tasks={"seg": SEG_TASK}, out_indices=DEEPEST)
     if group == SEG_V3PLUS:
-        head = {"type": "deeplabv3plus", "out_channels": NUM_CLASSES, "separable": True}
-        return create_model(encoder, output_stride=16, heads={"seg": head}, out_indices=(1, 4))
+        seg = {**SEG_TASK, "head": {"type": "deeplabv3plus", "separable": True}}
+        return create_model(encoder, output_stride=16, tasks={"seg": seg}, out_indices=(1, 4))
     return multitask_model(MULTITASK_VARIANT, encoder)
 
 

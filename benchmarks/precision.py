@@ -24,11 +24,10 @@ from torch.utils.data import DataLoader
 from benchmarks.settings import DEFAULT_RECIPE, Settings
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.data.loader import build_dataset
-from multitask_deeplab.engine.evaluate import task_metrics
-from multitask_deeplab.inference.agreement import Agreement
+from multitask_deeplab.inference.agreement import Agreement, kind_name
 from multitask_deeplab.inference.predictor import Predictor
 from multitask_deeplab.runtime.precision import native_bf16
-from multitask_deeplab.tasks import task_kind
+from multitask_deeplab.tasks import TaskKind
 
 AGREEMENT_BAR = 0.995
 ABS_REL_BAR = 0.002
@@ -78,15 +77,15 @@ def measure(checkpoint: Path, device: torch.device) -> dict[str, Any]:
     reference = predictors[REFERENCE]
     recipe = reference.recipe
     dataset = build_dataset(recipe, "val")
-    metrics = {name: task_metrics(recipe.tasks) for name in predictors}
+    tasks = reference.tasks
+    metrics = {name: {task_name: task.metrics() for task_name, task in tasks.items()} for name in predictors}
     agreements = {name: Agreement(reference.tasks) for name in predictors if name != REFERENCE}
     for batch in DataLoader(dataset, batch_size=recipe.eval_batch_size, num_workers=0):
         expected = reference.predict_batch(batch["image"].to(reference.device))
         for name, predictor in predictors.items():
             outputs = expected if name == REFERENCE else predictor.predict_batch(batch["image"].to(predictor.device))
-            for task_name, task in recipe.tasks.items():
-                target = batch[task_kind(task.kind).target_key]
-                metrics[name][task_name].update(outputs[task_name].cpu(), target)
+            for task_name, task in tasks.items():
+                metrics[name][task_name].update(outputs[task_name].cpu(), task.prepare_target(batch[task.target]))
             if name != REFERENCE:
                 agreements[name].update({k: v.cpu() for k, v in expected.items()}, {k: v.cpu() for k, v in outputs.items()})
     values = {name: {f"{task}.{key}": value for task, m in per_task.items() for key, value in m.compute().items()} for name, per_task in metrics.items()}
@@ -98,11 +97,11 @@ def measure(checkpoint: Path, device: torch.device) -> dict[str, Any]:
         }
         if name != REFERENCE:
             row["agreement"] = agreements[name].compute()
-            row["passes"] = passes(recipe.tasks, row)
+            row["passes"] = passes(tasks, row)
         rows[name] = row
     return {
         "checkpoint": str(checkpoint),
-        "tasks": reference.tasks,
+        "tasks": {name: kind_name(task) for name, task in tasks.items()},
         "val_images": len(dataset),
         "bf16_native": native_bf16(device),
         "bars": {"agreement": AGREEMENT_BAR, "abs_rel": ABS_REL_BAR},
@@ -111,12 +110,12 @@ def measure(checkpoint: Path, device: torch.device) -> dict[str, Any]:
     }
 
 
-def passes(tasks: dict[str, Any], row: dict[str, Any]) -> bool:
+def passes(tasks: dict[str, TaskKind], row: dict[str, Any]) -> bool:
     """Whether a candidate meets the bars: every segmentation task's pixel agreement and every depth task's AbsRel."""
     checks = []
     for name, task in tasks.items():
-        if task.kind == "segmentation":
+        if kind_name(task) == "segmentation":
             checks.append(row["agreement"][f"{name}.agreement"] >= AGREEMENT_BAR)
-        elif task.kind == "depth":
+        elif kind_name(task) == "depth":
             checks.append(abs(row["changes"][f"{name}.abs_rel"]) <= ABS_REL_BAR)
     return all(checks)

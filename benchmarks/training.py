@@ -27,16 +27,16 @@ _TRUNK_HEADS = ("deeplabv3", "depth", "normals")
 """Head types that take ``trunk: light``, i.e. that can sit on a shared trunk."""
 
 DEPTH_VARIANTS: dict[str, list[str]] = {
-    "full ASPP depth head": ["tasks.depth.head={type: depth}"],
-    "separable-ASPP depth head": ["tasks.depth.head={type: depth, separable: true}"],
-    "conv depth head": ["tasks.depth.head={type: depth, trunk: conv}"],
-    "depth head on layer3": ["tasks.depth.head={type: depth, in_index: -2}"],
+    "full ASPP depth head": ["tasks.depth.head={type: deeplabv3}"],
+    "separable-ASPP depth head": ["tasks.depth.head={type: deeplabv3, separable: true}"],
+    "conv depth head": ["tasks.depth.head={type: deeplabv3, trunk: conv}"],
+    "depth head on layer3": ["tasks.depth.head={type: deeplabv3, in_index: -2}"],
     "shared trunk, light heads": [
-        "model.shared_trunk={}", "tasks.seg.head={type: deeplabv3, trunk: light}", "tasks.depth.head={type: depth, trunk: light}",
+        "model.shared_trunk={}", "tasks.seg.head={type: deeplabv3, trunk: light}", "tasks.depth.head={type: deeplabv3, trunk: light}",
     ],
     "shared separable trunk, light heads": [
         "model.shared_trunk={separable: true}", "tasks.seg.head={type: deeplabv3, trunk: light}",
-        "tasks.depth.head={type: depth, trunk: light}",
+        "tasks.depth.head={type: deeplabv3, trunk: light}",
     ],
 }
 """Seg + depth at output stride 8 (default recipe, ``deeplabv3`` seg head) with each depth head, for accuracy."""

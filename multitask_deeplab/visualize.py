@@ -10,7 +10,8 @@ from __future__ import annotations
 import colorsys
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,20 @@ from PIL import Image, ImageDraw
 
 INVALID_GREY = (128, 128, 128)
 """Colour of pixels without a valid depth or normal."""
+
+
+@dataclass(frozen=True)
+class PictureOptions:
+    """How pictures of predictions are drawn (each task kind reads what concerns it).
+
+    Attributes:
+        depth_cmap: Colour map of depth pictures, ``"turbo"`` or ``"magma"``.
+        depth_max: Depth in metres shown with the last colour; ``None`` scales each picture to the 95th percentile of
+            its reference's (else its own) valid depths.
+    """
+
+    depth_cmap: str = "turbo"
+    depth_max: float | None = None
 
 _BASE_COLOURS = [  # tab10, then a few more distinct colours; further classes get golden-ratio hues
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -134,6 +149,21 @@ def colorize_depth(depth: Any, cmap: str = "turbo", vmax: float | None = None) -
     return out
 
 
+def colorize_scalar(values: Any, *, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "magma") -> np.ndarray:
+    """Colours an H x W (or 1 x H x W) map of scalars, e.g. probabilities, linearly from ``vmin`` to ``vmax``;
+    values outside are clipped, non-finite pixels are grey."""
+    values = _numpy(values).astype(np.float64)
+    if values.ndim == 3 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim != 2:
+        raise ValueError(f"values must be H x W or 1 x H x W, got shape {tuple(values.shape)}")
+    if not vmax > vmin:
+        raise ValueError(f"vmax={vmax} must be larger than vmin={vmin}")
+    finite = np.isfinite(values)
+    index = np.round(np.clip((np.where(finite, values, vmin) - vmin) / (vmax - vmin), 0.0, 1.0) * 255).astype(np.int64)
+    return np.where(finite[..., None], _colour_map_lut(cmap)[index], np.array(INVALID_GREY, dtype=np.uint8))
+
+
 def colorize_normals(normals: Any) -> np.ndarray:
     """Colours a 3 x H x W normal map as ``(n + 1) / 2 * 255``; all-zero (invalid) normals are grey."""
     normals = _numpy(normals).astype(np.float64)
@@ -235,29 +265,3 @@ def save_png(array: Any, path: str | os.PathLike, palette: Sequence[int] | None 
         os.unlink(temp)
         raise
     return path
-
-
-def save_sample_sheet(dataset: Any, path: str | os.PathLike, indices: Iterable[int] = range(4)) -> Path:
-    """Saves a picture of a few samples, one row each: image | seg | depth | normals (the keys present).
-
-    Args:
-        dataset: A dataset returning sample dicts; ``class_names`` and ``ignore_index`` colour ``seg``.
-        path: PNG file to write.
-        indices: Samples to show.
-    """
-    columns = {
-        "image": image_to_uint8,
-        "seg": lambda seg: colorize_segmentation(
-            seg, len(dataset.class_names), getattr(dataset, "ignore_index", 255)
-        ),
-        "depth": colorize_depth,
-        "normals": colorize_normals,
-    }
-    samples = [dataset[i] for i in indices]
-    if not samples:
-        raise ValueError("indices is empty: give at least one sample index")
-    keys = [key for key in columns if key in samples[0]]
-    if not keys:
-        raise ValueError(f"samples have none of the keys {list(columns)}; got {sorted(samples[0])}")
-    rows = [[columns[key](sample[key]) for key in keys] for sample in samples]
-    return save_png(make_grid(rows, titles=keys), path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads cost more than they give, and tests spawn processes
@@ -31,3 +32,19 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def isolated_registries():
+    """Components that a test's plugins register exist for that test only (and its plugin modules are forgotten)."""
+    from multitask_deeplab.engine.build import REGISTRIES
+
+    saved = {name: dict(registry._entries) for name, registry in REGISTRIES.items()}
+    modules = set(sys.modules)
+    yield
+    for name, registry in REGISTRIES.items():
+        registry._entries.clear()
+        registry._entries.update(saved[name])
+    for module in set(sys.modules) - modules:
+        if module.startswith("mtdl_plugin_"):
+            del sys.modules[module]

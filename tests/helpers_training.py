@@ -39,7 +39,7 @@ tasks:
     loss: {type: cross_entropy}
   depth:
     kind: depth
-    head: {type: depth, trunk: conv, channels: 8}
+    head: {type: deeplabv3, trunk: conv, channels: 8}
     loss: {type: l1}
 data:
   type: scenes

@@ -22,7 +22,7 @@ def build_ours(backbone_name: str, stride: int = 8, extra_depth: bool = True) ->
     backbone = TimmBackbone(backbone_name, output_stride=stride)
     heads = {"seg": HEADS.build({"type": "deeplabv3"}, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=5)}
     if extra_depth:
-        heads["depth"] = HEADS.build({"type": "depth", "channels": 16}, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=1)
+        heads["depth"] = HEADS.build({"type": "deeplabv3", "channels": 16}, in_channels=backbone.channels, reductions=backbone.reductions, out_channels=1)
     return MultiTaskModel(backbone, heads).eval()
 
 

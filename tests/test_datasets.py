@@ -72,7 +72,7 @@ def test_nyuv2_errors(tmp_path):
     dataset = DATASETS.build({"type": "nyuv2", "root": tmp_path}, split="train")
     with pytest.raises(ValueError, match=r"label/0\.npy: seg is 20x32 but the image .*image/0\.npy is 24x32"):
         dataset[0]
-    with pytest.raises(ValueError, match=r"label/1\.npy: seg values 13 are outside the classes 0\.\.12 and ignore 255"):
+    with pytest.raises(ValueError, match=r"label/1\.npy: class ids 13 are outside the classes 0\.\.12 and ignore 255"):
         dataset[1]
 
 
@@ -88,7 +88,7 @@ def test_nyuv2_verify_reports_every_problem(tmp_path):
     report = dataset.verify()
     assert not report.ok and report.num_samples == 4 and len(report.problems) == 3
     text = str(report)
-    assert "label/0.npy: seg values 20" in text
+    assert "label/0.npy: class ids 20" in text
     assert "normal/1.npy" in text and "depth/2.npy: depth is 24x30" in text
     assert report.counts["depth pixels NaN, infinite or negative (set to 0 = invalid)"] == 3
     cleaned = dataset[3]["depth"]
@@ -258,7 +258,7 @@ def test_folder_errors(tmp_path):
     (tmp_path / "val.txt").write_text("img4\nghost\n")
     with pytest.raises(ValueError, match=r"val\.txt: 1 stem\(s\) have no image .*: ghost"):
         DATASETS.build(folder_cfg(tmp_path), split="val")
-    with pytest.raises(ValueError, match="seg values 3, 4 are outside the classes 0..2 and ignore 255"):
+    with pytest.raises(ValueError, match="class ids 3, 4 are outside the classes 0..2 and ignore 255"):
         DATASETS.build(folder_cfg(tmp_path, num_classes=3), split="train")[0]
 
 

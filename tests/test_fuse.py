@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
+from multitask_deeplab import create_model
 from multitask_deeplab.models.fuse import fold_batchnorm
-from multitask_deeplab.models.model import create_model
 
-HEADS = {
-    "seg": {"type": "deeplabv3", "out_channels": 4, "channels": 16},
-    "depth": {"type": "depth", "out_channels": 1, "channels": 16, "separable": True},
-    "plus": {"type": "deeplabv3plus", "out_channels": 3, "channels": 16, "low_level_channels": 8},
+TASKS = {
+    "seg": {"kind": "segmentation", "num_classes": 4, "head": {"type": "deeplabv3", "channels": 16}},
+    "depth": {"kind": "depth", "head": {"type": "deeplabv3", "channels": 16, "separable": True}},
+    "plus": {"kind": "segmentation", "num_classes": 3, "head": {"type": "deeplabv3plus", "channels": 16, "low_level_channels": 8}},
 }
 
 
@@ -32,18 +32,18 @@ def batch_norms(model: nn.Module) -> list[str]:
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_100"])
 def test_folded_model_computes_the_same_function_without_batch_norm(backbone):
     torch.manual_seed(0)
-    model = randomise_batch_norm(create_model(backbone, output_stride=8, heads=HEADS))
+    model = randomise_batch_norm(create_model(backbone, output_stride=8, tasks=TASKS))
     fused = fold_batchnorm(model)
     assert batch_norms(fused) == [] and len(batch_norms(model)) > 20
     image = torch.rand(2, 3, 48, 40)
     with torch.no_grad():
         expected, got = model(image), fused(image)
-    for task in HEADS:
+    for task in TASKS:
         assert (expected[task] - got[task]).abs().max() <= 1e-5, task
 
 
 def test_the_original_is_left_unchanged_unless_inplace():
-    model = randomise_batch_norm(create_model("resnet18", heads={"seg": HEADS["seg"]})).train()
+    model = randomise_batch_norm(create_model("resnet18", tasks={"seg": TASKS["seg"]})).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = fold_batchnorm(model)
     assert model.training and not fused.training

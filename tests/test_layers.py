@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "multitask_deeplab"
 
 LAYERS = [
-    ["registry", "plugins"],
+    ["errors", "registry", "plugins"],
     ["config"],
     ["runtime"],
     ["visualize"],

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from multitask_deeplab.losses import LOSSES
+from multitask_deeplab.tasks import TASKS, DepthTask, NormalsTask, SegmentationTask
 
 NAN = float("nan")
 
@@ -20,11 +21,12 @@ def normals_map(*vectors: tuple[float, float, float]) -> torch.Tensor:
 
 
 def test_registry_holds_every_loss_with_its_kind():
-    kinds = {name: LOSSES.build({"type": name}).kind for name in LOSSES.names()}
+    kinds = {name: [TASKS.name_of(kind) for kind in LOSSES.build({"type": name}).kinds] for name in LOSSES.names()}
     assert kinds == {
-        "berhu": "depth", "cosine": "normals", "cross_entropy": "segmentation", "l1": "depth", "log_l1": "depth",
-        "silog": "depth",
+        "berhu": ["depth"], "cosine": ["normals"], "cross_entropy": ["segmentation"], "l1": ["depth"], "log_l1": ["depth"],
+        "silog": ["depth"],
     }
+    assert {name: LOSSES.build({"type": name}).name for name in LOSSES.names()} == {name: name for name in LOSSES.names()}
     with pytest.raises(ValueError, match="did you mean 'silog'"):
         LOSSES.build({"type": "silogg"})
 
@@ -58,12 +60,12 @@ def test_cross_entropy_rejects_labels_outside_the_classes():
         loss(torch.randn(1, 3, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.long))
 
 
-def test_cross_entropy_check_channels():
-    LOSSES.build({"type": "cross_entropy"}).check_channels(2)
-    with pytest.raises(ValueError, match="cross_entropy needs a head with num_classes >= 2 channels, got 1"):
-        LOSSES.build({"type": "cross_entropy"}).check_channels(1)
-    with pytest.raises(ValueError, match="2 class_weights but the head has 3 classes"):
-        LOSSES.build({"type": "cross_entropy", "class_weights": [1, 2]}).check_channels(3)
+def test_cross_entropy_checks_its_task():
+    LOSSES.build({"type": "cross_entropy"}).check_task(SegmentationTask(num_classes=2))
+    with pytest.raises(ValueError, match="'cross_entropy' is a loss for segmentation tasks, not for depth"):
+        LOSSES.build({"type": "cross_entropy"}).check_task(DepthTask())
+    with pytest.raises(ValueError, match="2 class_weights but the task has 3 classes"):
+        LOSSES.build({"type": "cross_entropy", "class_weights": [1, 2]}).check_task(SegmentationTask(num_classes=3))
 
 
 @pytest.mark.parametrize(
@@ -174,13 +176,14 @@ def test_no_valid_pixel_gives_an_exact_zero_that_backpropagates(name, pred, targ
 
 
 @pytest.mark.parametrize(
-    ("name", "fits", "misfits"), [("l1", 1, 3), ("silog", 1, 2), ("berhu", 1, 3), ("cosine", 3, 1)]
+    ("name", "fits", "misfits"),
+    [("l1", DepthTask(), NormalsTask()), ("silog", DepthTask(), SegmentationTask(num_classes=2)), ("cosine", NormalsTask(), DepthTask())],
 )
-def test_check_channels_of_dense_losses(name, fits, misfits):
+def test_dense_losses_refuse_tasks_of_other_kinds(name, fits, misfits):
     loss = LOSSES.build({"type": name})
-    loss.check_channels(fits)
-    with pytest.raises(ValueError, match=f"{name} needs a head with exactly {fits} output channel"):
-        loss.check_channels(misfits)
+    loss.check_task(fits)
+    with pytest.raises(ValueError, match=f"'{name}' is a loss for {TASKS.name_of(type(fits))} tasks, not for"):
+        loss.check_task(misfits)
 
 
 @pytest.mark.parametrize(

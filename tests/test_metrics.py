@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from multitask_deeplab.metrics import DepthMetrics, NormalsMetrics, SegmentationMetrics, build_metrics
+from multitask_deeplab.metrics import DepthMetrics, NormalsMetrics, SegmentationMetrics
 
 NAN = float("nan")
 HALF_BIN = NormalsMetrics.BIN_WIDTH / 2 + 1e-9
@@ -88,7 +88,6 @@ def test_higher_is_better_covers_every_returned_name():
     ):
         metrics.update(*args)
         names = metrics.compute()
-        assert metrics.PRIMARY in names
         assert all(isinstance(metrics.higher_is_better(name), bool) for name in names)
     assert SegmentationMetrics.higher_is_better("iou/road") is True
     assert DepthMetrics.higher_is_better("abs_rel") is False
@@ -186,20 +185,6 @@ def test_normals_median_is_within_half_a_bin_and_batches_accumulate():
     angles = torch.rad2deg(torch.acos(cosine)).numpy()
     assert whole.compute()["median_angle"] == pytest.approx(np.median(angles), abs=HALF_BIN)
     assert whole.compute()["mean_angle"] == pytest.approx(angles.mean(), rel=1e-9)
-
-
-def test_build_metrics():
-    seg = build_metrics("segmentation", num_classes=3, ignore_index=None, class_names=["a", "b", "c"])
-    assert isinstance(seg, SegmentationMetrics) and seg.ignore_index == 255 and seg.class_names == ["a", "b", "c"]
-    depth = build_metrics("depth", max_depth=10.0, num_classes=None)
-    assert isinstance(depth, DepthMetrics) and depth.max_depth == 10.0
-    assert isinstance(build_metrics("normals"), NormalsMetrics)
-    with pytest.raises(ValueError, match="unknown metrics kind 'edges': use one of segmentation, depth, normals"):
-        build_metrics("edges")
-    with pytest.raises(ValueError, match="normals metrics take no arguments, not num_classes"):
-        build_metrics("normals", num_classes=3)
-    with pytest.raises(ValueError, match="depth metrics take min_depth, max_depth, not ignore_index"):
-        build_metrics("depth", ignore_index=255)
 
 
 def test_all_reduce_is_a_no_op_without_distributed():

@@ -8,7 +8,7 @@ from multitask_deeplab.models.heads.aspp import ASPP, default_rates
 from multitask_deeplab.models.model import MultiTaskModel
 from multitask_deeplab.weighting.gradients import SharedFeatures
 
-HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 4, "depth": 1, "depthplus": 1, "normals": 3}
+HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 3}
 SMALL = {"channels": 16}
 
 
@@ -54,28 +54,22 @@ def test_odd_sizes_and_batch_of_one_in_eval(size):
     assert model.training, "predict() restores the training mode"
 
 
-def test_output_activations():
-    outputs = build("resnet18", 16).predict(torch.rand(2, 3, 40, 40))
-    assert (outputs["depth"] > 0).all() and (outputs["depthplus"] > 0).all()
-    torch.testing.assert_close(outputs["normals"].norm(dim=1), torch.ones(2, 40, 40))
-
-
-@pytest.mark.parametrize("head_type", ["depth", "depthplus"])
-def test_depth_heads_share_their_output_range_and_its_checks(head_type):
-    backbone = TimmBackbone("resnet18", output_stride=16)
-    args = dict(in_channels=backbone.channels, reductions=backbone.reductions, out_channels=1)
-    head = HEADS.build({"type": head_type, "activation": "sigmoid", "min_depth": 0.5, "max_depth": 4.0, **SMALL}, **args)
-    depth = head.finalize(torch.tensor([-1e4, 0.0, 1e4]))
-    torch.testing.assert_close(depth, torch.tensor([0.5, 2.25, 4.0]))
-    with pytest.raises(ValueError, match="depth activation must be one of softplus, sigmoid, got 'relu'"):
-        HEADS.build({"type": head_type, "activation": "relu"}, **args)
-    with pytest.raises(ValueError, match="0 <= min_depth < max_depth, got 5.0 and 4.0"):
-        HEADS.build({"type": head_type, "min_depth": 5.0, "max_depth": 4.0}, **args)
+def test_activations_apply_to_the_upsampled_head_output_of_their_task_only():
+    model = build("resnet18", 16).eval()
+    image = torch.rand(2, 3, 40, 40)
+    raw = model(image)
+    with_activation = MultiTaskModel(model.backbone, dict(model.heads), activations={"deeplabv3plus": torch.nn.Sigmoid(), "deeplabv3": None})
+    outputs = with_activation.eval()(image)
+    torch.testing.assert_close(outputs["deeplabv3plus"], torch.sigmoid(raw["deeplabv3plus"]), rtol=0, atol=0)
+    torch.testing.assert_close(outputs["deeplabv3"], raw["deeplabv3"], rtol=0, atol=0)
+    assert not torch.equal(raw["deeplabv3plus"], outputs["deeplabv3plus"])
+    with pytest.raises(ValueError, match="activations for other, which have no head"):
+        MultiTaskModel(model.backbone, dict(model.heads), activations={"other": torch.nn.Sigmoid()})
 
 
 @pytest.mark.parametrize("trunk", [False, True], ids=["backbone", "shared_trunk"])
 def test_shared_features_forward_gives_the_same_outputs_from_detached_leaves(trunk):
-    model = shared_trunk_model() if trunk else build("resnet18", 16, ["deeplabv3plus", "depth"])
+    model = shared_trunk_model() if trunk else build("resnet18", 16, ["deeplabv3plus", "deeplabv3"])
     model.eval()
     image = torch.rand(2, 3, 32, 32)
     plain = model(image)
@@ -133,7 +127,7 @@ def test_bad_head_arguments():
     with pytest.raises(ValueError, match="needs a stride-4 feature"):
         HEADS.build({"type": "deeplabv3plus"}, in_channels=channels, reductions=[8, 16], out_channels=3)
     with pytest.raises(ValueError, match="unknown trunk 'mlp'"):
-        HEADS.build({"type": "depth", "trunk": "mlp"}, in_channels=channels, reductions=reductions, out_channels=1)
+        HEADS.build({"type": "deeplabv3", "trunk": "mlp"}, in_channels=channels, reductions=reductions, out_channels=1)
     with pytest.raises(ValueError, match="unknown head 'deeplab': did you mean 'deeplabv3'"):
         HEADS.get("deeplab")
 
@@ -147,11 +141,8 @@ def test_custom_head_subclassing_dense_head_plugs_in():
         def forward(self, features):
             return self.conv(self.select(features))
 
-        def finalize(self, output):
-            return torch.sigmoid(output)
-
     backbone = TimmBackbone("resnet18", output_stride=16)
-    model = MultiTaskModel(backbone, {"edges": Edges(backbone.channels, backbone.reductions, 1)})
+    model = MultiTaskModel(backbone, {"edges": Edges(backbone.channels, backbone.reductions, 1)}, activations={"edges": torch.nn.Sigmoid()})
     edges = model(torch.rand(2, 3, 32, 32))["edges"]
     assert edges.shape == (2, 1, 32, 32) and ((edges > 0) & (edges < 1)).all()
 
@@ -165,11 +156,11 @@ def test_mean_and_std_must_fit_the_input_channels():
 
 
 def shared_trunk_model(**trunk) -> MultiTaskModel:
-    from multitask_deeplab.models.model import create_model
+    from multitask_deeplab import create_model
 
-    return create_model("resnet18", output_stride=16, shared_trunk={"channels": 16, **trunk}, heads={
-        "seg": {"type": "deeplabv3", "out_channels": 4, "channels": 16, "trunk": "light"},
-        "depth": {"type": "depth", "out_channels": 1, "channels": 16, "trunk": "light"},
+    return create_model("resnet18", output_stride=16, shared_trunk={"channels": 16, **trunk}, tasks={
+        "seg": {"kind": "segmentation", "num_classes": 4, "head": {"type": "deeplabv3", "channels": 16, "trunk": "light"}},
+        "depth": {"kind": "depth", "head": {"type": "deeplabv3", "channels": 16, "trunk": "light"}},
     })
 
 
@@ -225,8 +216,8 @@ tasks:
 def plain_and_checkpointed() -> tuple[MultiTaskModel, MultiTaskModel]:
     """Two models with the same weights, the second with gradient checkpointing."""
     torch.manual_seed(0)
-    plain = build("resnet18", 8, ["deeplabv3", "depth"])
-    checkpointed = build("resnet18", 8, ["deeplabv3", "depth"])
+    plain = build("resnet18", 8, ["deeplabv3", "deeplabv3plus"])
+    checkpointed = build("resnet18", 8, ["deeplabv3", "deeplabv3plus"])
     checkpointed.load_state_dict(plain.state_dict())
     checkpointed.set_grad_checkpointing(True)
     return plain, checkpointed

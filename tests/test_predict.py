@@ -17,15 +17,16 @@ from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.engine.build import build_model
 from multitask_deeplab.engine.checkpoint import save_checkpoint
 from multitask_deeplab.inference.predictor import Predictor, _tile_starts, pad_to_multiple, to_tensor
+from multitask_deeplab.tasks import DepthTask, NormalsTask, SegmentationTask
 
 RECIPE = """
 model: {backbone: resnet18, output_stride: 16}
 tasks:
   seg: {kind: segmentation, num_classes: 5, head: {type: deeplabv3, channels: 16}, loss: {type: cross_entropy}}
-  depth: {kind: depth, head: {type: depth, channels: 16}, loss: {type: l1}}
-  normals: {kind: normals, head: {type: normals, channels: 16}, loss: {type: cosine}}
+  depth: {kind: depth, head: {type: deeplabv3, channels: 16}, loss: {type: l1}}
+  normals: {kind: normals, head: {type: deeplabv3, channels: 16}, loss: {type: cosine}}
 """
-KINDS = {"seg": "segmentation", "depth": "depth", "normals": "normals"}
+KINDS = {"seg": SegmentationTask(num_classes=5), "depth": DepthTask(), "normals": NormalsTask()}
 
 
 def write_checkpoint(path: Path, *, head_type: str | None = None) -> nn.Module:
@@ -103,7 +104,7 @@ def test_predictions_equal_the_model_forward(trained, predictor):
     image = torch.rand(3, 48, 64)
     result = predictor(image, probabilities=True)
     expected = reference(model, image[None])
-    assert predictor.tasks == KINDS
+    assert {name: type(task) for name, task in predictor.tasks.items()} == {name: type(task) for name, task in KINDS.items()}
     assert set(result) == {"seg", "seg_probs", "depth", "normals"}
     assert result["seg"].shape == (48, 64) and result["seg"].dtype == np.int64
     assert result["depth"].shape == (48, 64) and result["depth"].dtype == np.float32
@@ -256,8 +257,11 @@ def test_sliding_window_on_the_real_model(trained):
 def test_bad_settings():
     with pytest.raises(ValueError, match="window must be at least the output stride"):
         Predictor(PixelModel(), KINDS, stride=16, device="cpu", window=8)
-    with pytest.raises(ValueError, match="task 'x' has kind 'edges'"):
+    with pytest.raises(ValueError, match="task 'x': unknown task kind 'edges'"):
         Predictor(PixelModel(), {"x": "edges"}, stride=16, device="cpu")
+    with pytest.raises(ValueError, match="task 'x': task kind 'segmentation' failed to build: TypeError: .* missing 1 required keyword-only argument: 'num_classes'"):
+        Predictor(PixelModel(), {"x": "segmentation"}, stride=16, device="cpu")
+    assert isinstance(Predictor(PixelModel(), {"depth": "depth"}, stride=16, device="cpu").tasks["depth"], DepthTask)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device is available"):
             Predictor(PixelModel(), KINDS, stride=16, device="cuda")
@@ -324,7 +328,7 @@ def test_cli_precision_picks_bf16_or_float32(trained, predictor, tmp_path):
 
 
 def test_depth_png_encoding(tmp_path):
-    from multitask_deeplab.cli.predict import save_depth_png
+    from multitask_deeplab.tasks.depth import save_depth_png
 
     save_depth_png(np.array([[0.0, 0.0002, 1.2344, 70.0, np.nan, -1.0]], dtype=np.float32), tmp_path / "d.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d.png")), [[0, 1, 1234, 65535, 0, 0]])
@@ -401,7 +405,7 @@ def test_cli_custom_head_needs_its_plugin(tmp_path, capsys):
     write_checkpoint(tmp_path / "custom.pt", head_type="my_edges")
     assert run(str(tmp_path / "custom.pt"), str(tmp_path / "in"), "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err
-    assert "unknown head 'my_edges'" in err and "pass --plugin <module> that registers it" in err
+    assert "unknown head 'my_edges'" in err and "pass --plugin <the .py file or module that registers it>" in err
 
 
 def test_cli_applies_exif_orientation_and_keeps_dotted_names(trained, tmp_path):

@@ -11,6 +11,8 @@ from PIL import Image
 
 from multitask_deeplab import visualize as V
 from multitask_deeplab.data.scenes import ScenesDataset
+from multitask_deeplab.data.sheet import save_sample_sheet
+from multitask_deeplab.tasks import DepthTask, SegmentationTask
 
 
 def test_palette_is_distinct_and_padded() -> None:
@@ -146,10 +148,11 @@ class _ImageSegDataset:
 
 def test_save_sample_sheet(tmp_path) -> None:
     dataset = ScenesDataset("val", num_samples=3, height=32, width=40)
-    path = V.save_sample_sheet(dataset, tmp_path / "sheet.png", indices=range(3))
+    path = save_sample_sheet(dataset, tmp_path / "sheet.png", dataset.target_kinds, indices=range(3))
     sheet = np.asarray(Image.open(path))
     assert sheet.shape == (14 + 3 * 32 + 4 * 2, 4 * 40 + 5 * 2, 3)  # titles, 3 rows, 4 columns
     assert np.array_equal(sheet[16:48, 2:42], V.image_to_uint8(dataset[0]["image"]))
     assert np.array_equal(sheet[16:48, 44:84], V.colorize_segmentation(dataset[0]["seg"], 5))
-    partial = np.asarray(Image.open(V.save_sample_sheet(_ImageSegDataset(), tmp_path / "two.png", indices=[0, 1])))
+    kinds = {"seg": SegmentationTask(num_classes=2), "depth": DepthTask()}  # no depth in these samples: no column
+    partial = np.asarray(Image.open(save_sample_sheet(_ImageSegDataset(), tmp_path / "two.png", kinds, indices=[0, 1])))
     assert partial.shape == (14 + 2 * 10 + 3 * 2, 2 * 12 + 3 * 2, 3)  # only image and seg columns

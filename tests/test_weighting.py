@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multitask_deeplab import create_model
 from multitask_deeplab.engine.features import forward_with_shared_features
-from multitask_deeplab.models.model import create_model
+from multitask_deeplab.tasks import DepthTask, NormalsTask, SegmentationTask
 from multitask_deeplab.weighting import WEIGHTINGS, Weighting
 from multitask_deeplab.weighting.gradients import SharedFeatures, all_reduce_grads_, all_reduce_mean_
 from multitask_deeplab.weighting.solvers import (
@@ -26,7 +27,7 @@ from multitask_deeplab.weighting.solvers import (
 )
 
 TASKS = ["seg", "depth"]
-KINDS = {"seg": "segmentation", "depth": "depth"}
+KINDS = {"seg": SegmentationTask(num_classes=3), "depth": DepthTask()}
 GRADIENT_LEVEL = ["aligned_mtl", "cagrad", "imtl", "mgda", "nash_mtl", "pcgrad"]
 LOSS_LEVEL = ["dwa", "famo", "fixed", "gls", "gradnorm", "rlw", "uncertainty"]
 
@@ -241,7 +242,7 @@ def test_uncertainty_log_variances_reach_the_log_noise_levels() -> None:
     noise = torch.tensor([0.5, 2.0])
     targets = x @ torch.randn(4, 2, generator=g) + noise * torch.randn(1024, 2, generator=g)
     trunk, heads = nn.Linear(4, 16), nn.Linear(16, 2)
-    strategy = build("uncertainty", names(2), task_kinds={"t0": "depth", "t1": "normals"})
+    strategy = build("uncertainty", names(2), task_kinds={"t0": DepthTask(), "t1": NormalsTask()})
     optimizer = torch.optim.Adam([*trunk.parameters(), *heads.parameters(), *strategy.parameters()], lr=0.03)
     for _ in range(250):
         optimizer.zero_grad()
@@ -415,8 +416,11 @@ def test_mgda_features_mode_backpropagates_each_backbone_path_once(trunk: bool) 
     torch.manual_seed(0)
     common = {"channels": 8, "trunk": "light"} if trunk else {"channels": 8}
     seg = {"type": "deeplabv3"} if trunk else {"type": "deeplabv3plus", "low_level_channels": 8}
-    heads = {"seg": {**seg, **common, "out_channels": 3}, "depth": {"type": "depth", **common, "out_channels": 1}}
-    model = create_model("resnet18", output_stride=16, shared_trunk={"channels": 8} if trunk else None, heads=heads)
+    tasks = {
+        "seg": {"kind": "segmentation", "num_classes": 3, "head": {**seg, **common}},
+        "depth": {"kind": "depth", "head": {"type": "deeplabv3", **common}},
+    }
+    model = create_model("resnet18", output_stride=16, shared_trunk={"channels": 8} if trunk else None, tasks=tasks)
     model.eval()  # fixed batch norm: every forward computes the same function
     batch = make_batch(size=2, seed=3, side=32)
     shared_params, head_params = model.shared_parameters(), list(model.heads.parameters())

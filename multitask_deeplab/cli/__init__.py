@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from multitask_deeplab.cli.predict import add_commands
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
+"""A ``dotted.key=value`` override."""
 
 
 def _load_checked(args: argparse.Namespace):
+    """The recipe of the command line, its names and keys checked and its component defaults filled in."""
     from multitask_deeplab.config import recipe as recipe_module
-    from multitask_deeplab.engine.build import check_components
+    from multitask_deeplab.engine.build import check_components, resolve_recipe
 
     recipe = recipe_module.load(args.recipe, args.overrides)
     check_components(recipe)
-    return recipe
+    return resolve_recipe(recipe)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -42,8 +48,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from multitask_deeplab.engine.build import REGISTRIES
-    from multitask_deeplab.engine.evaluate import task_metrics
+    from multitask_deeplab.engine.build import REGISTRIES, build_tasks
     from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
 
     recipe = _load_checked(args)
@@ -53,7 +58,7 @@ def _sweep(args: argparse.Namespace) -> int:
     for strategy in strategies:
         registry.get(strategy)
     rows = sweep(recipe, strategies, show_progress=not args.no_progress)
-    columns = [f"{name}.{task_metrics({name: task})[name].PRIMARY}" for name, task in recipe.tasks.items()]
+    columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
     table = format_sweep(rows, columns)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
@@ -75,7 +80,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from multitask_deeplab.runtime.precision import resolve_amp
 
     device = resolve_device(args.device)
-    model, recipe, _ = model_from_checkpoint(args.checkpoint, device)
+    model, recipe, tasks, _ = model_from_checkpoint(args.checkpoint, device)
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
@@ -88,8 +93,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     channels_last = recipe.train.channels_last  # the trainer's evaluation settings, so its figures come out again
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metrics = evaluate(model, loader, recipe.tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
-    delta = recipe_delta_m(recipe, metrics)
+    metrics = evaluate(model, loader, tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
+    delta = recipe_delta_m(recipe, tasks, metrics)
     report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
     atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
@@ -115,15 +120,17 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from multitask_deeplab.config import recipe as recipe_module
     from multitask_deeplab.data.loader import build_dataset
 
-    recipe = recipe_module.load(args.recipe, args.overrides)
+    recipe = _load_checked(args)
     dataset = build_dataset(recipe, args.split)
     if args.action == "sheet":
-        from multitask_deeplab.visualize import save_sample_sheet
+        from multitask_deeplab.data.sheet import save_sample_sheet
+        from multitask_deeplab.data.targets import batch_target_kinds, declared_target_kinds
+        from multitask_deeplab.engine.build import build_tasks
 
-        save_sample_sheet(dataset, args.out, indices=range(min(args.count, len(dataset))))
+        kinds = declared_target_kinds(dataset) or batch_target_kinds(dataset, build_tasks(recipe))
+        save_sample_sheet(dataset, args.out, kinds, indices=range(min(args.count, len(dataset))))
         print(f"wrote {args.out}")
         return 0
     from multitask_deeplab.data.verify import verify_dataset
@@ -170,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     listing = commands.add_parser("list", help="list registered components or dilatable backbones")
-    listing.add_argument("what", choices=("heads", "losses", "weightings", "datasets", "backbones"))
+    listing.add_argument("what", choices=("tasks", "heads", "losses", "weightings", "datasets", "backbones"))
     listing.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32), help="for backbones")
     listing.add_argument("--filter", default="*", help="for backbones: a timm wildcard such as 'resnet*'")
     listing.set_defaults(run=_list)
@@ -190,10 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses the command line; ``dotted.key=value`` overrides may stand anywhere after the recipe, before or after
+    the flags (``mtdl train r.yaml --plugin p.py train.steps=5``), and keep their order (a later one wins)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [token for token in extra if OVERRIDE.fullmatch(token)]
+    unknown = [token for token in extra if token not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        hint = " (overrides are dotted.key=value)" if any("=" in token for token in unknown) else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}{hint}")
+    if overrides:
+        tokens = [*args.overrides, *overrides]
+        args.overrides = sorted(tokens, key=lambda token: argv.index(token))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``mtdl``; bad input prints one line and exits non-zero, without a traceback."""
-    args = build_parser().parse_args(argv)
+    """Runs ``mtdl``; bad input, including a mistake in a plugin, prints one line and exits non-zero, without a
+    traceback (``MTDL_TRACEBACK=1`` shows it for errors the program did not foresee)."""
+    args = parse_args(build_parser(), argv)
     from multitask_deeplab.engine.trainer import TrainingStopped
+    from multitask_deeplab.errors import describe_exception, user_code_location
     from multitask_deeplab.plugins import import_plugins
 
     try:
@@ -203,11 +228,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mtdl: {stop}", file=sys.stderr)
         return stop.exit_code
     except (ValueError, OSError) as error:
-        print(f"mtdl: error: {error}", file=sys.stderr)
+        where = user_code_location(error)
+        print(f"mtdl: error: {_first_line(error)}{f' (at {where})' if where else ''}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("mtdl: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if os.environ.get("MTDL_TRACEBACK"):
+            raise
+        print(f"mtdl: error: {describe_exception(error)} (MTDL_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ if TYPE_CHECKING:
     import torch
 
     from multitask_deeplab.inference.predictor import Predictor
+    from multitask_deeplab.visualize import PictureOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
 INT8_CHECK_IMAGES = 16
 """Val images the int8 export is compared on against float32 PyTorch."""
-DEPTH_PNG_SCALE = 1000.0
-"""Depth PNGs hold millimetres: metres times this, as uint16 (0 = invalid)."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -74,8 +73,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from multitask_deeplab import visualize
     from multitask_deeplab.inference.predictor import DEFAULT_PRECISION, Predictor
-    from multitask_deeplab.visualize import make_grid, save_png
 
     paths, failed = collect_inputs(args.inputs)
     for pattern in failed:
@@ -93,6 +92,7 @@ def _predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         compile=args.compile,
     )
+    options = visualize.PictureOptions(depth_cmap=args.cmap)
     batches = _batches(paths, args.batch_size, failed)
     summary: dict[int, list[np.ndarray]] = {}
     done = 0
@@ -103,14 +103,14 @@ def _predict(args: argparse.Namespace) -> int:
                 continue
             results = predictor([tensor for _, _, tensor in loaded])
             for (index, path, tensor), result in zip(loaded, results):
-                panels = write_outputs(out, path.stem, tensor, result, predictor, cmap=args.cmap, save_npy=args.save_npy)
+                panels = write_outputs(out, path.stem, tensor, result, predictor, options=options, save_npy=args.save_npy)
                 if index < SUMMARY_IMAGES:
                     summary[index] = panels
                 done += 1
                 progress.update()
     if summary:
         titles = ["image", *predictor.tasks]
-        save_png(make_grid([summary[i] for i in sorted(summary)], titles=titles), out / "summary.png")
+        visualize.save_png(visualize.make_grid([summary[i] for i in sorted(summary)], titles=titles), out / "summary.png")
     print(f"wrote predictions for {done} image{'s' * (done != 1)} to {out}")
     if failed:
         listed = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
@@ -205,55 +205,34 @@ def _load(batch: Sequence[tuple[int, Path]], in_chans: int, failed: list[str], p
 
 
 def write_outputs(
-    out: Path, stem: str, image: torch.Tensor, result: dict[str, np.ndarray], predictor: Predictor, *, cmap: str, save_npy: bool
+    out: Path, stem: str, image: torch.Tensor, result: dict[str, np.ndarray], predictor: Predictor, *, options: PictureOptions, save_npy: bool
 ) -> list[np.ndarray]:
-    """Writes one image's pictures (and arrays) and returns its summary panels: the image, then one per task.
+    """Writes one image's prediction files and returns its summary panels: the image, then one per task.
 
-    Per task ``t``: segmentation ``<stem>_<t>.png`` (class ids, palette) and ``<stem>_<t>_overlay.png``; depth
-    ``<stem>_<t>.png`` (uint16 millimetres, 0 = invalid) and ``<stem>_<t>_color.png``; normals ``<stem>_<t>.png``
-    (RGB); with ``save_npy`` also the raw array as ``<stem>_<t>.npy``.
+    Each task's kind writes ``<stem>_<task>.png`` and friends (see
+    :meth:`~multitask_deeplab.tasks.TaskKind.write_prediction`: class ids and an overlay for segmentation, 16-bit
+    millimetres and a colour picture for depth, RGB for normals); with ``save_npy`` also the raw array as
+    ``<stem>_<task>.npy``.
 
     Args:
         out: The output folder.
         stem: The input's file stem.
         image: The input as the model saw it, ``C x H x W`` in [0, 1].
         result: The predictor's result for it.
-        predictor: The predictor (for its tasks and recipe).
-        cmap: Depth colour map.
+        predictor: The predictor (for its tasks).
+        options: How pictures are drawn.
         save_npy: Also save raw arrays.
     """
     from multitask_deeplab import visualize
 
     rgb = visualize.image_to_uint8(image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1))
     panels = [rgb]
-    for name, kind in predictor.tasks.items():
-        value = result[name]
+    for name, task in predictor.tasks.items():
         base = f"{stem}_{name}"  # not Path.with_suffix: stems may hold dots
-        if kind == "segmentation":
-            task = predictor.recipe.tasks[name]
-            visualize.save_png(value.astype(np.uint8), out / f"{base}.png", palette=visualize.segmentation_palette(task.num_classes))
-            colour = visualize.colorize_segmentation(value, task.num_classes, task.ignore_index)
-            panel = visualize.overlay(rgb, colour)
-            visualize.save_png(panel, out / f"{base}_overlay.png")
-        elif kind == "depth":
-            save_depth_png(value, out / f"{base}.png")
-            panel = visualize.colorize_depth(value, cmap=cmap)
-            visualize.save_png(panel, out / f"{base}_color.png")
-        else:
-            panel = visualize.colorize_normals(value)
-            visualize.save_png(panel, out / f"{base}.png")
-        panels.append(panel)
+        panels.append(task.write_prediction(out, base, result[name], rgb, options=options))
         if save_npy:
-            _atomic_save(out / f"{base}.npy", lambda handle, value=value: np.save(handle, value))
+            _atomic_save(out / f"{base}.npy", lambda handle, value=result[name]: np.save(handle, value))
     return panels
-
-
-def save_depth_png(depth: np.ndarray, path: Path) -> None:
-    """Depth in metres as a 16-bit PNG of millimetres: 0 where invalid (not finite or <= 0), clipped to 1..65535 elsewhere."""
-    valid = np.isfinite(depth) & (depth > 0)
-    millimetres = np.where(valid, np.clip(np.rint(np.where(valid, depth, 0) * DEPTH_PNG_SCALE), 1, 65535), 0)
-    picture = Image.fromarray(millimetres.astype(np.uint16))
-    _atomic_save(path, lambda handle: picture.save(handle, format="PNG"))
 
 
 def _atomic_save(path: Path, write: Any) -> None:
@@ -287,7 +266,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "safetensors":
         from multitask_deeplab.engine.checkpoint import export_safetensors
 
-        model, _, _ = model_from_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(args.checkpoint).model
         export_safetensors(model, out)
         print(f"wrote the weights of {args.checkpoint} to {out}")
         return 0
@@ -295,7 +274,7 @@ def _export(args: argparse.Namespace) -> int:
     from multitask_deeplab.inference.quantize import CALIBRATION_IMAGES, sample_images
 
     require_onnx()
-    model, recipe, _ = model_from_checkpoint(args.checkpoint)
+    model, recipe, _, _ = model_from_checkpoint(args.checkpoint)
     count = CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
     calibration = sample_images(recipe, count) if args.int8 else []
     export_onnx(model, out, opset=args.opset)

@@ -24,7 +24,6 @@ import yaml
 
 from multitask_deeplab.config.validation import RecipeError, did_you_mean
 from multitask_deeplab.config.yaml_io import Dumper, OverrideLoader, parse
-from multitask_deeplab.tasks import KINDS
 
 __all__ = [
     "DataConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
@@ -86,35 +85,20 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig:
-    """One task: its kind (a name in ``tasks.KINDS``), head and loss (``{type: name, **kwargs}``) and loss weight."""
+    """One task: its kind (a registered task kind, ``mtdl list tasks``), head and loss (``{type: name, **kwargs}``; the
+    kind's default loss when null) and loss weight. Every other key is an argument of the kind, e.g. ``num_classes``
+    for segmentation, or ``target``: the batch key the task reads when it is not the kind's default."""
 
     kind: str
     head: dict[str, Any] = _opt(spec=True)
-    loss: dict[str, Any] = _opt(spec=True)
+    loss: dict[str, Any] | None = _opt(None, spec=True)
     weight: float = _opt(1.0, ge=0)
-    num_classes: int | None = None
-    ignore_index: int = 255
-    class_names: list[str] | None = None
+    args: dict[str, Any] = _opt(factory=dict, extra=True)
 
-    def _check(self, path: str) -> None:
-        if self.kind not in KINDS:
-            raise _choice_error(self.kind, list(KINDS), f"{path}.kind")
-        if self.kind != "segmentation":
-            for name in ("num_classes", "class_names"):
-                if getattr(self, name) is not None:
-                    raise RecipeError(
-                        f"{path}.{name}: only segmentation tasks take it; remove it from this {self.kind} task"
-                    )
-            return
-        if self.num_classes is None:
-            raise RecipeError(f"{path}.num_classes: required for a segmentation task (the number of classes, >= 2)")
-        if self.num_classes < 2:
-            raise RecipeError(f"{path}.num_classes: must be >= 2, got {self.num_classes}")
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise RecipeError(
-                f"{path}.class_names: has {len(self.class_names)} names but num_classes is {self.num_classes}; "
-                "give one name per class"
-            )
+    @property
+    def kind_cfg(self) -> dict[str, Any]:
+        """``{"type": kind, **args}``, the config to build the task kind from the registry."""
+        return {"type": self.kind, **self.args}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,7 +334,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         for bound, (op, sign) in _BOUNDS.items():
             if bound in meta and value is not None and not op(value, meta[bound]):
                 raise RecipeError(f"{sub}: must be {sign} {meta[bound]}, got {value}")
-        if meta.get("spec") and not (isinstance(value.get("type"), str) and value["type"]):
+        if meta.get("spec") and value is not None and not (isinstance(value.get("type"), str) and value["type"]):
             keys = ", ".join(value) or "none"
             raise RecipeError(f"{sub}.type: required, the registered name to build (got keys {keys})")
         kwargs[name] = value

@@ -2,16 +2,14 @@
 
 One :class:`kornia.augmentation.AugmentationSequential` transforms the image (``"input"``: bilinear, colour) and
 one stacked ``"mask"`` (nearest resampling, no colour change) that carries, channel by channel, a validity plane
-(1 inside the source image, 0 in padding) and every target: segmentation ids, depth, normals. Afterwards:
+(1 inside the source image, 0 in padding) and every target. Afterwards each target is finished by its task kind:
 
-- padding becomes invalid: ``ignore_index`` for segmentation (kornia pads with 0, a real class, so the validity
-  plane marks it); depth and normals are padded with 0, which already means invalid;
-- depth is divided by each sample's zoom factor ``s`` (zooming in by ``s`` looks like a camera ``s`` times
-  closer; Eigen et al. 2014);
-- the normals' (x, y) components are turned by the in-plane rotation/reflection of each sample (a horizontal
-  flip negates x; a rotation about the optical axis rotates (x, y) by the same angle).
-
-``s`` and the rotation come from the chained ``transform_matrix``: its 2x2 part is ``s * R``.
+- padding becomes the kind's invalid value (kornia pads with 0, a real class for segmentation, so the validity plane
+  marks it): ``ignore_index`` for segmentation, 0 for depth and normals;
+- integer targets are rounded back to their dtype;
+- the kind's :meth:`~multitask_deeplab.tasks.TaskKind.transform_values` gets each sample's 2 x 2 linear part of the
+  chained ``transform_matrix`` (``s * R``: zoom times rotation or reflection): depth is divided by the zoom ``s``
+  (zooming in by ``s`` looks like a camera ``s`` times closer; Eigen et al. 2014), normals' (x, y) are turned by ``R``.
 """
 
 from __future__ import annotations
@@ -23,10 +21,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from multitask_deeplab.data.base import IGNORE_INDEX
-
-DEFAULT_TARGETS = {"seg": "segmentation", "depth": "depth", "normals": "normals"}
-_CHANNELS = {"segmentation": 1, "depth": 1, "normals": 3}
+from multitask_deeplab.tasks import TaskKind
 
 
 class BatchAugment(nn.Module):
@@ -35,20 +30,15 @@ class BatchAugment(nn.Module):
     Args:
         geometric: kornia geometric augmentations, applied in order to the image and all targets.
         photometric: kornia intensity augmentations, applied to the image only.
-        scale_depth: Divide depth by each sample's zoom factor.
-        ignore_index: Segmentation label of padding and of unknown pixels.
-        targets: Batch key -> task kind ("segmentation", "depth" or "normals"); keys absent from a batch are
-            skipped. Default: seg, depth, normals.
+        targets: Batch key -> the kind of target it holds; keys absent from a batch are skipped.
+        scale_depth: Let the zoom change target values (depth is divided by it); ``False`` passes only the rotation.
     """
 
-    def __init__(self, *, geometric: Sequence[nn.Module], photometric: Sequence[nn.Module], scale_depth: bool = True,
-                 ignore_index: int = IGNORE_INDEX, targets: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, geometric: Sequence[nn.Module], photometric: Sequence[nn.Module], targets: Mapping[str, TaskKind],
+                 scale_depth: bool = True) -> None:
         super().__init__()
-        self.targets = dict(DEFAULT_TARGETS if targets is None else targets)
-        unknown = {key: kind for key, kind in self.targets.items() if kind not in _CHANNELS}
-        if unknown:
-            raise ValueError(f"augmentation targets {unknown} have unknown kinds: use {sorted(_CHANNELS)}")
-        self.scale_depth, self.ignore_index = scale_depth, ignore_index
+        self.targets = dict(targets)
+        self.scale_depth = scale_depth
         self.geometric = bool(geometric)
         self.augment = K.AugmentationSequential(*photometric, *geometric, data_keys=["input", "mask"])
 
@@ -65,24 +55,22 @@ class BatchAugment(nn.Module):
         planes = [torch.ones_like(image[:, :1])]
         for key in keys:
             value = batch[key]
-            planes.append(value[:, None].to(image.dtype) if self.targets[key] == "segmentation" else value)
+            planes.append(value[:, None].to(image.dtype) if self.targets[key].target_channels is None else value.to(image.dtype))
         new_image, mask = self.augment(image, torch.cat(planes, dim=1))
         out = {**batch, "image": new_image.clamp(0.0, 1.0)}
-        padding = mask[:, 0] < 0.5
+        padding = mask[:, :1] < 0.5
         linear = self._linear_part(len(image), image)
-        zoom = linear.det().abs().sqrt()  # per-sample s, with the 2x2 part = s * R
-        planes = mask[:, 1:].split([_CHANNELS[self.targets[key]] for key in keys], dim=1)
-        for key, plane in zip(keys, planes):
+        if not self.scale_depth:
+            linear = linear / linear.det().abs().sqrt().view(-1, 1, 1)
+        widths = [self.targets[key].target_channels or 1 for key in keys]
+        for key, plane in zip(keys, mask[:, 1:].split(widths, dim=1)):
             kind = self.targets[key]
-            if kind == "segmentation":
-                seg = plane[:, 0].round().to(batch[key].dtype)
-                out[key] = seg.masked_fill(padding, self.ignore_index)
-            elif kind == "depth":
-                out[key] = plane / zoom.view(-1, 1, 1, 1) if self.scale_depth else plane
-            else:
-                rotation = linear / zoom.view(-1, 1, 1)
-                xy = torch.einsum("bij,bjhw->bihw", rotation.to(plane.dtype), plane[:, :2])
-                out[key] = torch.cat([xy, plane[:, 2:]], dim=1)
+            plane = plane.masked_fill(padding, kind.invalid_value)
+            if kind.target_channels is None:
+                plane = plane[:, 0]
+            if not kind.target_dtype.is_floating_point:
+                plane = plane.round()
+            out[key] = kind.transform_values(plane.to(batch[key].dtype), linear)
         return out
 
     def _linear_part(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -95,8 +83,7 @@ class BatchAugment(nn.Module):
 
 def build_augmentation(*, scale: Sequence[float] | None = (0.75, 1.25), crop: Sequence[int] | None = None,
                        hflip: bool = True, rotation: float = 0.0, color_jitter: float = 0.2, blur: float = 0.0,
-                       scale_depth: bool = True, ignore_index: int = IGNORE_INDEX,
-                       targets: Mapping[str, str] | None = None) -> BatchAugment:
+                       scale_depth: bool = True, targets: Mapping[str, TaskKind]) -> BatchAugment:
     """Builds the standard dense-prediction augmentation (the keys of ``data.augment`` in a recipe).
 
     Order: colour jitter and blur (image only), random zoom and rotation about the centre, horizontal flip,
@@ -110,9 +97,8 @@ def build_augmentation(*, scale: Sequence[float] | None = (0.75, 1.25), crop: Se
         color_jitter: Brightness, contrast and saturation strength in [0, 1] (hue: a quarter of it), applied with
             probability 0.8; 0 disables.
         blur: Maximum Gaussian blur sigma in pixels, applied with probability 0.5; 0 disables.
-        scale_depth: Divide depth by the zoom factor.
-        ignore_index: Segmentation label of padding.
-        targets: Batch key -> task kind, see :class:`BatchAugment`.
+        scale_depth: Divide depth by the zoom factor (let the zoom change target values).
+        targets: Batch key -> the kind of target it holds, see :class:`BatchAugment`.
     """
     geometric: list[nn.Module] = []
     if scale is not None:
@@ -139,5 +125,4 @@ def build_augmentation(*, scale: Sequence[float] | None = (0.75, 1.25), crop: Se
     if blur > 0:
         kernel = 2 * math.ceil(3 * blur) + 1
         photometric.append(K.RandomGaussianBlur((kernel, kernel), (min(0.1, blur), blur), p=0.5))
-    return BatchAugment(geometric=geometric, photometric=photometric, scale_depth=scale_depth,
-                        ignore_index=ignore_index, targets=targets)
+    return BatchAugment(geometric=geometric, photometric=photometric, targets=targets, scale_depth=scale_depth)

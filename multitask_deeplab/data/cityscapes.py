@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from multitask_deeplab.data.base import DATASETS, IGNORE_INDEX
+from multitask_deeplab.data.targets import standard_target_kinds
 from multitask_deeplab.data.verify import (
     FileDataset,
     Sample,
@@ -86,6 +87,8 @@ class Cityscapes(FileDataset):
         self.targets = parse_targets(targets, ("seg", "depth"), "cityscapes")
         self.size, self.ignore_index = parse_size(size), ignore_index
         self.class_names, self.num_classes = list(CITYSCAPES_CLASSES), len(CITYSCAPES_CLASSES)
+        self.target_kinds = standard_target_kinds(self.targets, num_classes=self.num_classes, ignore_index=ignore_index,
+                                                  class_names=self.class_names)
         self.lut = label_id_lookup(ignore_index)
         image_dir = require_dir(self.root / "leftImg8bit" / split, f"cityscapes images of split {split!r}")
         packages = {"seg": ["gtFine"], "depth": ["disparity", "camera"]}

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from multitask_deeplab.data.base import DATASETS, IGNORE_INDEX
+from multitask_deeplab.data.targets import standard_target_kinds
 from multitask_deeplab.data.verify import (
-    TARGET_KEYS,
     FileDataset,
     Sample,
     channels_first,
@@ -87,14 +87,16 @@ class Folder(FileDataset):
         self.size, self.ignore_index, self.depth_scale = parse_size(size), ignore_index, depth_scale
         images = _index_files(require_dir(self.root / "images", "folder images"), IMAGE_SUFFIXES)
         if targets is None:
-            targets = [key for key in TARGET_KEYS if (self.root / key).is_dir()]
-        unknown = [key for key in targets if key not in TARGET_KEYS]
+            targets = [key for key in LABEL_SUFFIXES if (self.root / key).is_dir()]
+        unknown = [key for key in targets if key not in LABEL_SUFFIXES]
         if unknown:
-            raise ValueError(f"folder targets {unknown} unknown: choose from {list(TARGET_KEYS)}")
-        self.targets = tuple(key for key in TARGET_KEYS if key in targets)
+            raise ValueError(f"folder targets {unknown} unknown: choose from {list(LABEL_SUFFIXES)}")
+        self.targets = tuple(key for key in LABEL_SUFFIXES if key in targets)
         self.labels = {key: _index_files(require_dir(self.root / key, f"folder {key} labels"), LABEL_SUFFIXES[key])
                        for key in self.targets}
         self.class_names, self.num_classes = self._classes(num_classes, class_names)
+        self.target_kinds = standard_target_kinds(self.targets, num_classes=self.num_classes, ignore_index=ignore_index,
+                                                  class_names=self.class_names or None)
         if depth_scale is None and any(p.suffix.lower() == ".png" for p in self.labels.get("depth", {}).values()):
             raise ValueError(f"{self.root / 'depth'} holds PNG depth: set depth_scale (PNG value per metre, "
                              "e.g. 1000 for millimetres) in the data section")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from multitask_deeplab.data.base import DATASETS, IGNORE_INDEX
+from multitask_deeplab.data.targets import standard_target_kinds
 from multitask_deeplab.data.verify import (
     FileDataset,
     Sample,
@@ -80,6 +81,8 @@ class NYUv2(FileDataset):
         self.targets = parse_targets(targets, ("seg", "depth", "normals"), "nyuv2")
         self.size, self.ignore_index = parse_size(size), ignore_index
         self.class_names, self.num_classes = list(NYU13_CLASSES), len(NYU13_CLASSES)
+        self.target_kinds = standard_target_kinds(self.targets, num_classes=self.num_classes, ignore_index=ignore_index,
+                                                  class_names=self.class_names)
         split_dir = require_dir(self.root / folders[split], f"nyuv2 split {split!r}")
         self.dirs = {key: require_dir(split_dir / _NPY_FOLDERS[key], f"nyuv2 {key} folder")
                      for key in ("image", *self.targets)}
@@ -146,6 +149,8 @@ class NYUv2Mat(FileDataset):
         self.size, self.ignore_index = parse_size(size), ignore_index
         self.class_names = list(NYU40_CLASSES if classes == 40 else NYU13_CLASSES)
         self.num_classes = classes
+        self.target_kinds = standard_target_kinds(self.targets, num_classes=classes, ignore_index=ignore_index,
+                                                  class_names=self.class_names)
         self.lut = self._lookup_table(resolve(self.root, mapping_file), classes, ignore_index)
         with h5py.File(self.path, "r") as mat:
             missing = [k for k in ("images", "depths", "labels") if k not in mat]

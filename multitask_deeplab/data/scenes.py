@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from multitask_deeplab.data.base import DATASETS, IGNORE_INDEX
+from multitask_deeplab.data.targets import standard_target_kinds
+from multitask_deeplab.tasks import TaskKind
 
 CLASS_NAMES = ("floor", "wall", "sphere", "box", "cylinder")
 SPLIT_SIZES = {"train": 4000, "val": 200, "test": 200}
@@ -466,6 +468,11 @@ class ScenesDataset(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def target_kinds(self) -> dict[str, TaskKind]:
+        """The targets every sample holds: ``seg`` (5 classes), ``depth`` and ``normals``."""
+        return standard_target_kinds(("seg", "depth", "normals"), num_classes=self.num_classes, class_names=self.class_names)
 
     def __len__(self) -> int:
         return self.num_samples

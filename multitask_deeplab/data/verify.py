@@ -1,9 +1,10 @@
 """What every file-backed dataset shares: file readers, sample checks, and the ``verify`` report.
 
-A dataset subclasses :class:`FileDataset` and implements ``read(index)``, which returns the sample in the
-batch layout (image 3xHxW float32 in [0, 1], seg HxW int64, depth 1xHxW float32 metres, normals 3xHxW float32)
-and the file each key came from. :meth:`FileDataset.load` then fills missing targets with invalid values,
-checks sizes and label values (``ValueError`` naming the file), cleans depth and normals, and resizes.
+A dataset subclasses :class:`FileDataset`, describes its targets in ``target_kinds`` (``{batch key: TaskKind}``) and
+implements ``read(index)``, which returns the sample in the batch layout (image 3xHxW float32 in [0, 1], each target
+as its kind lays it out) and the file each key came from. :meth:`FileDataset.load` then fills missing targets with
+their kind's invalid value, checks sizes and values (each kind's ``check_target``: a ``ValueError`` naming the file),
+cleans what can be cleaned, and resizes.
 :func:`verify_dataset` loads every sample and collects all problems instead of stopping at the first.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-TARGET_KEYS = ("seg", "depth", "normals")
+from multitask_deeplab.tasks import TaskKind
 
 Sample = dict[str, torch.Tensor]
 
@@ -105,18 +106,16 @@ def _size(tensor: torch.Tensor) -> str:
     return "x".join(str(s) for s in tensor.shape[-2:])
 
 
-def check_sample(sample: Sample, files: dict[str, Path], *, num_classes: int | None, ignore_index: int) -> Counter:
+def check_sample(sample: Sample, files: dict[str, Path], kinds: Mapping[str, TaskKind]) -> Counter:
     """Checks one sample in place and cleans it; returns counts of the values it had to fix.
 
-    Raises ``ValueError`` (naming the file) for an image outside [0, 1], a target whose size differs from the
-    image, or segmentation values that are neither a class nor ``ignore_index``. Non-finite or negative depth
-    and non-finite normals become 0 (invalid) and are counted.
+    Raises ``ValueError`` (naming the file) for an image outside [0, 1], a target whose size differs from the image,
+    or a target its kind refuses (see :meth:`TaskKind.check_target`).
 
     Args:
         sample: The sample in the batch layout.
         files: The file each key was read from, for messages.
-        num_classes: Valid classes are ``0 .. num_classes - 1``.
-        ignore_index: The label of unknown pixels.
+        kinds: The kind of each target key.
     """
     image, counts = sample["image"], Counter()
     if image.ndim != 3 or image.shape[0] != 3:
@@ -124,30 +123,14 @@ def check_sample(sample: Sample, files: dict[str, Path], *, num_classes: int | N
     low, high = image.min().item(), image.max().item()
     if not (-1e-3 <= low and high <= 1 + 1e-3):  # NaN fails too
         raise ValueError(f"{files['image']}: image values span [{low:g}, {high:g}], expected floats in [0, 1]")
-    for key in TARGET_KEYS:
-        if key in sample and sample[key].shape[-2:] != image.shape[-2:]:
+    for key, kind in kinds.items():
+        if key not in files:  # absent or filled in with invalid values
+            continue
+        if sample[key].shape[-2:] != image.shape[-2:]:
             raise ValueError(f"{files[key]}: {key} is {_size(sample[key])} but the image {files['image']} "
                              f"is {_size(image)}; a label must have its image's size")
-    if "seg" in sample:
-        seg, classes = sample["seg"], num_classes or 0
-        bad = ((seg < 0) | (seg >= classes)) & (seg != ignore_index)
-        if bad.any():
-            values = torch.unique(seg[bad]).tolist()
-            shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-            raise ValueError(f"{files['seg']}: seg values {shown} are outside the classes 0..{classes - 1} "
-                             f"and ignore {ignore_index}; check num_classes and the label encoding")
-    if "depth" in sample:
-        depth = sample["depth"]
-        bad = ~torch.isfinite(depth) | (depth < 0)
-        if bad.any():
-            counts["depth pixels NaN, infinite or negative (set to 0 = invalid)"] += int(bad.sum())
-            depth[bad] = 0.0
-    if "normals" in sample:
-        normals = sample["normals"]
-        bad = ~torch.isfinite(normals).all(dim=0)
-        if bad.any():
-            counts["normals pixels not finite (set to 0 = invalid)"] += int(bad.sum())
-            normals[:, bad] = 0.0
+        sample[key], fixed = kind.check_target(sample[key], str(files[key]))
+        counts += fixed
     return counts
 
 
@@ -168,27 +151,17 @@ def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     return out
 
 
-def invalid_target(key: str, height: int, width: int, ignore_index: int) -> torch.Tensor:
-    """An all-invalid label for a sample that lacks ``key``: ignore_index for seg, zeros for depth and normals."""
-    if key == "seg":
-        return torch.full((height, width), ignore_index, dtype=torch.int64)
-    return torch.zeros(1 if key == "depth" else 3, height, width)
-
-
 class FileDataset(Dataset):
     """Base of the file-backed datasets.
 
-    Subclasses set ``split``, ``root``, ``names`` (one per sample, used in reports), ``targets``,
-    ``class_names``, ``num_classes``, ``ignore_index`` and ``size`` in ``__init__``, and implement :meth:`read`.
+    Subclasses set ``split``, ``root``, ``names`` (one per sample, used in reports), ``target_kinds`` (the kind of
+    each target key it loads) and ``size`` in ``__init__``, and implement :meth:`read`.
     """
 
     split: str
     root: Path
     names: list[str]
-    targets: tuple[str, ...]
-    class_names: list[str]
-    num_classes: int | None
-    ignore_index: int
+    target_kinds: dict[str, TaskKind]
     size: tuple[int, int] | None
 
     def read(self, index: int) -> tuple[Sample, dict[str, Path]]:
@@ -200,11 +173,11 @@ class FileDataset(Dataset):
         sample, files = self.read(index)
         height, width = sample["image"].shape[-2:]
         counts = Counter()
-        for key in self.targets:
+        for key, kind in self.target_kinds.items():
             if key not in sample:
-                sample[key] = invalid_target(key, height, width, self.ignore_index)
+                sample[key] = kind.invalid_target(height, width)
                 counts[f"samples without a {key} label (filled with invalid values)"] += 1
-        counts += check_sample(sample, files, num_classes=self.num_classes, ignore_index=self.ignore_index)
+        counts += check_sample(sample, files, self.target_kinds)
         if self.size is not None and tuple(sample["image"].shape[-2:]) != tuple(self.size):
             sample = resize_sample(sample, tuple(self.size))
         return sample, counts

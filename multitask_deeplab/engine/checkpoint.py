@@ -11,9 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from multitask_deeplab.config.migrate import upgrade_recipe
 from multitask_deeplab.runtime.files import atomic_write
 
-FORMAT = "multitask_deeplab/1"
+FORMAT = "multitask_deeplab/2"
+"""The format tag of checkpoints written now."""
+
+READABLE_FORMATS = ("multitask_deeplab/1", FORMAT)
+"""Format tags this version loads (format 1 recipes are upgraded, see :mod:`multitask_deeplab.config.migrate`)."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -43,8 +48,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", message) or re.match(r"\s*(.+)", message)
         reason = f"{type(error).__name__}: {detail[1]}" if detail else type(error).__name__
         raise ValueError(f"{path} is not a readable checkpoint (truncated or another kind of file; {reason})") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} is not a multitask_deeplab checkpoint (no '{FORMAT}' format tag)")
+    if state["format"] != FORMAT and isinstance(state.get("recipe"), dict):
+        state["recipe"] = upgrade_recipe(state["recipe"])
     return state
 
 

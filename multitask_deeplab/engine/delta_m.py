@@ -5,6 +5,9 @@ is better (Maninis et al. 2019; Vandenhende et al. 2021). Positive is better. Tw
 
 - ``"task"``: average each task's metrics first, then the tasks (the formula above);
 - ``"metric"``: one flat average over every (task, metric) pair, as LibMTL reports it.
+
+Which metrics count is each task kind's choice (``delta_m_metrics``: those the multi-task literature — MTAN, LibMTL,
+Nash-MTL — puts into Δm), or the recipe's ``eval.delta_m_metrics``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,10 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-DEFAULT_METRICS = {
-    "segmentation": ["miou", "pixel_acc"],
-    "depth": ["abs_err", "abs_rel"],
-    "normals": ["mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30"],
-}
-"""The metrics the multi-task literature (MTAN, LibMTL, Nash-MTL) puts into Δm, per task kind."""
+from multitask_deeplab.config.recipe import Recipe
+from multitask_deeplab.engine.evaluate import higher_is_better
+from multitask_deeplab.runtime.files import atomic_write
+from multitask_deeplab.tasks import TaskKind
 
 
 def delta_m(
@@ -76,12 +77,10 @@ def read_baselines(source: str | os.PathLike | Mapping[str, Mapping[str, float]]
 
 def write_baselines(path: Path, baselines: Mapping[str, Mapping[str, float]], *, split: str) -> None:
     """Writes ``{"split": ..., "baselines": {task: {metric: value}}}``."""
-    from multitask_deeplab.runtime.files import atomic_write
-
     atomic_write(path, lambda temp: temp.write_text(json.dumps({"split": split, "baselines": baselines}, indent=2)))
 
 
-def baselines_for(recipe) -> dict[str, dict[str, float]] | None:
+def baselines_for(recipe: Recipe) -> dict[str, dict[str, float]] | None:
     """The recipe's baselines: ``eval.baselines``, else ``<output_dir>/baselines/baselines.json`` if it exists."""
     source = recipe.eval.baselines
     if source is None:
@@ -92,12 +91,13 @@ def baselines_for(recipe) -> dict[str, dict[str, float]] | None:
     return read_baselines(source)
 
 
-def recipe_delta_m(recipe, metrics: Mapping[str, float]) -> float | None:
-    """Δm of ``metrics`` against the recipe's baselines, or None when it has none (or is single-task)."""
-    from multitask_deeplab.engine.evaluate import higher_is_better
+def recipe_delta_m(recipe: Recipe, tasks: Mapping[str, TaskKind], metrics: Mapping[str, float]) -> float | None:
+    """Δm of ``metrics`` against the recipe's baselines, or None when it has none (or is single-task).
 
+    Each task counts the metrics ``eval.delta_m_metrics`` names for it, by default its kind's ``delta_m_metrics``.
+    """
     baselines = baselines_for(recipe)
-    if baselines is None or len(recipe.tasks) < 2:
+    if baselines is None or len(tasks) < 2:
         return None
-    selected = recipe.eval.delta_m_metrics or {name: DEFAULT_METRICS[task.kind] for name, task in recipe.tasks.items()}
-    return delta_m(metrics, baselines, selected, lambda key: higher_is_better(recipe.tasks, key), protocol=recipe.eval.delta_m)
+    selected = recipe.eval.delta_m_metrics or {name: list(task.delta_m_metrics) for name, task in tasks.items()}
+    return delta_m(metrics, baselines, selected, lambda key: higher_is_better(tasks, key), protocol=recipe.eval.delta_m)

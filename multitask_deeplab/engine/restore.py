@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
-from multitask_deeplab.engine.build import build_model
+from multitask_deeplab.engine.build import build_model, build_tasks, check_components
 from multitask_deeplab.engine.checkpoint import load_checkpoint
 from multitask_deeplab.models.model import MultiTaskModel
+from multitask_deeplab.tasks import TaskKind
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MultiTaskModel, Recipe, dict[str, Any]]:
-    """Loads a checkpoint, rebuilds its model from the recipe inside it, and loads the weights.
+class Restored(NamedTuple):
+    """What :func:`model_from_checkpoint` rebuilds."""
+
+    model: MultiTaskModel
+    recipe: Recipe
+    tasks: dict[str, TaskKind]
+    state: dict[str, Any]
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Restored:
+    """Loads a checkpoint, rebuilds its model and tasks from the recipe inside it, and loads the weights.
 
     Pretrained and ``init_from`` weights named in the recipe are not read again (the checkpoint has the
-    weights), so neither those files nor a network are needed.
+    weights), so neither those files nor a network are needed. Components registered by a plugin (a head, a task
+    kind) need the plugin imported first.
 
     Returns:
-        The model in eval mode on ``device``, the recipe, and the raw checkpoint dict.
+        The model in eval mode on ``device``, the recipe, its task kinds, and the raw checkpoint dict.
     """
     state = load_checkpoint(path)
     try:
@@ -31,9 +42,12 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
         raise ValueError(f"{path} has no usable recipe inside ({error}); was it written by `mtdl train`?") from error
     rebuilt = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, pretrained=False, init_from=None))
     try:
-        model = build_model(rebuilt)
+        check_components(rebuilt)
+        tasks = build_tasks(rebuilt)
+        model = build_model(rebuilt, tasks)
     except ValueError as error:
-        hint = "; pass --plugin <module> that registers it" if "unknown head" in str(error) else ""
-        raise ValueError(f"cannot rebuild the model of {path}: {error}{hint}") from error
+        raise ValueError(f"cannot rebuild the model of {path}: {error}") from error
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} holds no model weights ('model' entry); was it written by `mtdl train`?")
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), recipe, state
+    return Restored(model.to(device).eval(), recipe, tasks, state)

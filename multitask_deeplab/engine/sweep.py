@@ -51,7 +51,7 @@ def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = Tr
         train = dataclasses.replace(recipe.train, output_dir=str(folder / strategy))
         trainer = Trainer(dataclasses.replace(recipe, weighting={"type": strategy}, train=train), show_progress=show_progress)
         metrics = trainer.fit()
-        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, metrics), "seconds_per_step": trainer.seconds_per_step})
+        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
     return rows
 
 

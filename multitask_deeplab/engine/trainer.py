@@ -18,10 +18,20 @@ from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
-from multitask_deeplab.engine.build import build_losses, build_model, build_weighting, unused_weights_note
+from multitask_deeplab.data.targets import batch_target_kinds, check_tasks_fit
+from multitask_deeplab.engine.build import (
+    build_losses,
+    build_model,
+    build_tasks,
+    build_weighting,
+    check_components,
+    check_model_fits_tasks,
+    resolve_recipe,
+    unused_weights_note,
+)
 from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
-from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid, task_metrics
+from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid
 from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -35,7 +45,6 @@ from multitask_deeplab.runtime.distributed import (
 )
 from multitask_deeplab.runtime.precision import amp_note, autocast, resolve_amp
 from multitask_deeplab.runtime.rng import capture_rng, restore_rng, seed_everything
-from multitask_deeplab.tasks import task_kind
 
 
 class TrainingStopped(RuntimeError):
@@ -102,7 +111,8 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe, *, resume: str | None = None, show_progress: bool = True) -> None:
-        self.recipe = recipe
+        check_components(recipe)
+        recipe = self.recipe = resolve_recipe(recipe)
         cfg = recipe.train
         self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank=self.info.local_rank)
@@ -115,18 +125,23 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.show_progress = show_progress and self.info.is_main
 
-        self.losses = build_losses(recipe)
-        model = build_model(recipe).to(self.device)
+        self.tasks = build_tasks(recipe)
+        self.losses = build_losses(recipe, self.tasks)
+        model = build_model(recipe, self.tasks).to(self.device)
+        check_model_fits_tasks(model, self.tasks, self.losses, in_chans=recipe.model.in_chans)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        self.weighting = build_weighting(recipe).to(self.device)
+        self.weighting = build_weighting(recipe, self.tasks).to(self.device)
         self.train_set = build_dataset(recipe, "train")
         self.val_set = build_dataset(recipe, "val")
-        self.augment = build_augmentation(**recipe.data.augment, ignore_index=self._ignore_index()).to(self.device)
+        check_tasks_fit(self.train_set, self.tasks, name=recipe.data.type)
+        targets = batch_target_kinds(self.train_set, self.tasks)
+        self.batch_keys = ["image", *targets]
+        self.augment = build_augmentation(**recipe.data.augment, targets=targets).to(self.device)
         self.best_metric = cfg.best_metric or self._default_best_metric()
-        self.best_higher = higher_is_better(recipe.tasks, self.best_metric)
+        self.best_higher = higher_is_better(self.tasks, self.best_metric)
         resume_path = self._resume_path(resume)
 
         batch = cfg.batch_size
@@ -192,12 +207,9 @@ class Trainer:
         self.step_log = StepLog(self.output_dir / "steps.jsonl", step=self.step, enabled=self.info.is_main)
 
     # ----------------------------------------------------------------------------------------- set-up helpers
-    def _ignore_index(self) -> int:
-        return next((t.ignore_index for t in self.recipe.tasks.values() if t.kind == "segmentation"), 255)
-
     def _default_best_metric(self) -> str:
-        name, task = next(iter(self.recipe.tasks.items()))
-        return f"{name}.{task_metrics({name: task})[name].PRIMARY}"
+        name, task = next(iter(self.tasks.items()))
+        return f"{name}.{task.primary_metric}"
 
     def _resume_path(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -228,7 +240,7 @@ class Trainer:
             print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
                   "metrics on the val split (used for model selection; the test split never is):")
             print(format_table(self.last_metrics))
-            delta = recipe_delta_m(self.recipe, self.last_metrics)
+            delta = recipe_delta_m(self.recipe, self.tasks, self.last_metrics)
             if delta is not None:
                 print(f"  Δm vs single-task baselines ({self.recipe.eval.delta_m} protocol): {delta:+.2f} %")
         return self.last_metrics
@@ -267,7 +279,7 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """One optimizer step on a loader batch; the task losses, or None when the step was skipped."""
         cfg = self.recipe.train
-        batch = self.augment(to_device(batch, self.device, cfg.channels_last))
+        batch = self.augment(to_device({key: batch[key] for key in self.batch_keys}, self.device, cfg.channels_last))
         # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
         separate = self.info.enabled and self.weighting.reduces_gradients_itself
         needs_features = self.weighting.needs_features
@@ -305,10 +317,7 @@ class Trainer:
 
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's unweighted loss, in fp32."""
-        return {
-            name: self.losses[name](outputs[name].float(), batch[task_kind(task.kind).target_key])
-            for name, task in self.recipe.tasks.items()
-        }
+        return {name: self.losses[name](outputs[name].float(), task.prepare_target(batch[task.target])) for name, task in self.tasks.items()}
 
     @torch.no_grad()
     def _post_step_losses(self, batch: dict[str, torch.Tensor]) -> None:
@@ -341,7 +350,7 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
-        self.last_metrics = evaluate(self.model, self.val_loader, self.recipe.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
+        self.last_metrics = evaluate(self.model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:
@@ -366,7 +375,7 @@ class Trainer:
         samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
         batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
         (self.output_dir / "pictures").mkdir(exist_ok=True)
-        save_prediction_grid(self.model, batch, self.recipe.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.amp)
+        save_prediction_grid(self.model, batch, self.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.amp)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from multitask_deeplab.tasks import TASKS, TaskKind
+
 if TYPE_CHECKING:
     from multitask_deeplab.inference.predictor import Predictor
 
@@ -23,10 +25,12 @@ class Agreement:
     counts, whatever the ground truth says there. Results are keyed ``"task.measure"`` (see ``MEASURES``).
 
     Args:
-        tasks: ``{task name: kind}``.
+        tasks: ``{task name: TaskKind}`` (or a kind's registered name); a kind derived from a built-in one is measured
+            as that one.
     """
 
-    def __init__(self, tasks: Mapping[str, str]) -> None:
+    def __init__(self, tasks: Mapping[str, TaskKind | str]) -> None:
+        tasks = {name: kind_name(task) for name, task in tasks.items()}
         unknown = {name: kind for name, kind in tasks.items() if kind not in MEASURES}
         if unknown:
             raise ValueError(f"no agreement measure for the task kinds {unknown}; measured kinds are {', '.join(MEASURES)}")
@@ -56,6 +60,11 @@ class Agreement:
             f"{name}.{MEASURES[kind]}": self.sums[name] / self.counts[name] if self.counts[name] else float("nan")
             for name, kind in self.tasks.items()
         }
+
+
+def kind_name(task: TaskKind | str) -> str:
+    """The registered name of a task's kind (of the nearest registered class it derives from)."""
+    return task if isinstance(task, str) else TASKS.name_of(type(task))
 
 
 def compare_predictors(reference: Predictor, candidate: Predictor, batches: Iterable[torch.Tensor]) -> dict[str, float]:

@@ -92,7 +92,7 @@ class Backend(ABC):
         """``{task: B x C_t x H x W}`` for a ``B x C x H x W`` float batch in [0, 1] on ``device``."""
 
 
-BACKENDS: Registry = Registry("backend")
+BACKENDS: Registry[Backend] = Registry("backend", Backend)
 
 
 def resolve_precision(precision: str, device: torch.device, backend: str) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 from multitask_deeplab.inference.backends import BACKENDS, Backend, BackendOptions, TorchBackend, resolve_precision
 from multitask_deeplab.runtime.device import resolve_device
-from multitask_deeplab.tasks import KINDS
+from multitask_deeplab.tasks import TASKS, TaskKind
 
 if TYPE_CHECKING:
     from multitask_deeplab.config.recipe import Recipe
@@ -43,7 +43,8 @@ _RANGE_SLACK = 1e-3
 class Predictor:
     """Runs a multi-task model on images of any size and returns numpy arrays at each image's own size.
 
-    Results are keyed by task name (``predictor.tasks`` maps each name to its kind):
+    Results are keyed by task name (``predictor.tasks`` maps each name to its task kind, which shapes the result, see
+    :meth:`~multitask_deeplab.tasks.TaskKind.to_numpy`):
 
     - segmentation task ``t``: ``t`` is the ``H x W`` int64 class map; with ``probabilities=True`` also
       ``t + "_probs"``, the ``num_classes x H x W`` float32 softmax probabilities.
@@ -62,12 +63,12 @@ class Predictor:
     Args:
         model: Maps a ``B x C x H x W`` batch in [0, 1] to ``{task: B x C_t x H x W}`` (a ``MultiTaskModel``);
             it is moved to ``device`` and put in eval mode.
-        tasks: ``{task name: kind}``, kinds ``"segmentation"``, ``"depth"`` or ``"normals"``.
+        tasks: ``{task name: TaskKind}`` (a kind's registered name is built with its defaults, e.g. ``"depth"``).
         stride: The model's output stride; inputs are padded to a multiple of it.
         in_chans: Channels the model takes. For 3, grayscale inputs are repeated and an alpha channel dropped.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, a ``torch.device``, or ``None``/``"auto"`` (CUDA when available).
-        tta_flip: Also predict the horizontally flipped image and average (probabilities, depth, and normals with
-            their x component mirrored, renormalised).
+        tta_flip: Also predict the horizontally flipped image and average, each prediction flipped back by its kind
+            (probabilities and depth as they are, normals with their x component mirrored and renormalised).
         window: Sliding-window tile size in pixels for large images; tiles overlap by a third and are averaged.
             ``None`` runs whole images.
         batch_size: Most images (or tiles' images) per forward pass.
@@ -109,9 +110,6 @@ class Predictor:
         calibration: Sequence[ImageLike] | None = None,
         exported: str | os.PathLike | None = None,
     ) -> None:
-        for name, kind in tasks.items():
-            if kind not in KINDS:
-                raise ValueError(f"task {name!r} has kind {kind!r}; the predictor handles {', '.join(KINDS)}")
         if window is not None and window < stride:
             raise ValueError(f"window must be at least the output stride ({stride}) pixels, got {window}")
         if batch_size < 1:
@@ -120,6 +118,10 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device, backend)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.tasks = {name: TASKS.build({"type": task}, where=f"task {name!r}") if isinstance(task, str) else task for name, task in tasks.items()}
+        for name, task in self.tasks.items():
+            if not isinstance(task, TaskKind):
+                raise ValueError(f"task {name!r} must be a TaskKind or a task kind's name, got {type(task).__name__}")
         options = BackendOptions(
             device=self.device,
             precision=self.precision,
@@ -130,7 +132,6 @@ class Predictor:
             exported=exported,
         )
         self.backend: Backend = BACKENDS.get(backend)(model, options)
-        self.tasks = dict(tasks)
         self.stride = stride
         self.in_chans = in_chans
         self.tta_flip = tta_flip
@@ -165,12 +166,12 @@ class Predictor:
         from multitask_deeplab.inference.quantize import sample_images
 
         precision = resolve_precision(options.get("precision", DEFAULT_PRECISION), resolve_device(device), options.get("backend", "torch"))
-        model, recipe, _ = model_from_checkpoint(path)
+        model, recipe, tasks, _ = model_from_checkpoint(path)
         if precision == "int8" and options.get("calibration") is None and options.get("exported") is None:
             options["calibration"] = sample_images(recipe)
         return cls(
             model,
-            {name: task.kind for name, task in recipe.tasks.items()},
+            tasks,
             stride=max(model.backbone.reductions),
             in_chans=recipe.model.in_chans,
             device=device,
@@ -215,8 +216,9 @@ class Predictor:
         """Predictions for a ``B x C x H x W`` batch in [0, 1] on the predictor's device.
 
         Returns:
-            ``{task: B x C_t x H x W}`` float32: softmax probabilities for segmentation, metres for depth,
-            unit vectors for normals (with test-time flipping and the sliding window applied).
+            ``{task: B x C_t x H x W}`` float32, each task's :meth:`~multitask_deeplab.tasks.TaskKind.prediction`
+            (softmax probabilities for segmentation, metres for depth, unit vectors for normals), with test-time
+            flipping and the sliding window applied.
         """
         height, width = image.shape[-2:]
         if self.window is None or (height <= self.window and width <= self.window):
@@ -231,42 +233,29 @@ class Predictor:
                     sums.setdefault(name, image.new_zeros(value.shape[:2] + (height, width)))
                     sums[name][..., top : top + tile_h, left : left + tile_w] += value
                 count[..., top : top + tile_h, left : left + tile_w] += 1
-        return {name: self._finish(name, total / count) for name, total in sums.items()}
+        return {name: self.tasks[name].finish_average(total / count) for name, total in sums.items()}
 
     def _predict_whole(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.stride)
         views = torch.cat([padded, padded.flip(-1)]) if self.tta_flip else padded
         outputs = self.backend(views)
+        mirror = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], device=image.device).expand(image.shape[0], 2, 2)
         predictions = {}
-        for name, kind in self.tasks.items():
-            value = outputs[name].float()
-            if kind == "segmentation":
-                value = value.softmax(dim=1)
+        for name, task in self.tasks.items():
+            value = task.prediction(outputs[name].float())
             if self.tta_flip:
                 plain, flipped = value.chunk(2)
-                flipped = flipped.flip(-1)
-                if kind == "normals":
-                    flipped = flipped * flipped.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
-                value = self._finish(name, (plain + flipped) / 2)
+                value = task.finish_average((plain + task.transform_values(flipped.flip(-1), mirror)) / 2)
             predictions[name] = value[..., :height, :width]
         return predictions
 
-    def _finish(self, name: str, mean: torch.Tensor) -> torch.Tensor:
-        """An average of predictions made valid again: normals back to unit length."""
-        return F.normalize(mean, dim=1, eps=1e-6) if self.tasks[name] == "normals" else mean
-
     def _to_numpy(self, outputs: dict[str, torch.Tensor], row: int, probabilities: bool) -> dict[str, np.ndarray]:
-        result = {}
-        for name, kind in self.tasks.items():
-            value = outputs[name][row].cpu()
-            if kind == "segmentation":
-                result[name] = value.argmax(dim=0).numpy()
-                if probabilities:
-                    result[f"{name}_probs"] = value.numpy()
-            else:
-                result[name] = (value[0] if kind == "depth" else value).numpy()
-        return result
+        return {
+            name + suffix: array
+            for name, task in self.tasks.items()
+            for suffix, array in task.to_numpy(outputs[name][row], probabilities=probabilities).items()
+        }
 
 
 def to_tensor(image: ImageLike, in_chans: int = 3) -> torch.Tensor:

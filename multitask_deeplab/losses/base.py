@@ -8,28 +8,34 @@ import torch
 from torch import nn
 
 from multitask_deeplab.registry import Registry
-
-LOSSES: Registry = Registry("loss")
+from multitask_deeplab.tasks import TASKS, TaskKind
 
 
 class DenseLoss(nn.Module):
     """Base class of per-task losses: ``forward(pred, target)`` returns a scalar over valid pixels.
 
-    Subclasses set ``name`` (their registry name, used in messages), ``kind`` (the task kind they fit)
-    and ``channels`` (the head output channels they need), or override :meth:`check_channels`.
+    ``pred`` is the task's prediction (after the task kind's activation), ``target`` the batch's target as the task
+    kind prepares it. A loss written for particular task kinds lists their classes in ``kinds`` (any kind when empty);
+    :meth:`check_task` refuses other tasks before training, and a loss may override it to check more (e.g. one class
+    weight per class). Before training starts every loss is also tried once on a random valid target.
     """
 
-    name: ClassVar[str]
-    kind: ClassVar[str]
-    channels: ClassVar[int]
+    kinds: ClassVar[tuple[type[TaskKind], ...]] = ()
 
-    def check_channels(self, out_channels: int) -> None:
-        """Raises a ``ValueError`` when a head with ``out_channels`` outputs does not fit this loss."""
-        if out_channels != self.channels:
-            raise ValueError(
-                f"{self.name} needs a head with exactly {self.channels} output channel(s), got {out_channels}; "
-                f"use it on a {self.kind} task"
-            )
+    @property
+    def name(self) -> str:
+        """The name the loss is registered under (its class name when it is not registered)."""
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    def check_task(self, task: TaskKind) -> None:
+        """Raises a ``ValueError`` when this loss cannot serve ``task``."""
+        if self.kinds and not isinstance(task, self.kinds):
+            fits = " or ".join(TASKS.name_of(kind) for kind in self.kinds)
+            raise ValueError(f"{self.name!r} is a loss for {fits} tasks, not for {task.describe()}; pick a loss of that kind")
+
+
+LOSSES: Registry[DenseLoss] = Registry("loss", DenseLoss)
+"""Every registered loss, by the name recipes give as ``loss: {type: ...}``."""
 
 
 def zero_loss(pred: torch.Tensor) -> torch.Tensor:

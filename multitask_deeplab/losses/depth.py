@@ -6,13 +6,13 @@ import torch
 
 from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.losses.base import LOSSES, DenseLoss, check_same_shape, zero_loss
+from multitask_deeplab.tasks import DepthTask
 
 
 class DepthLoss(DenseLoss):
     """Base class of depth losses: selects the valid pixels and hands them to :meth:`reduce`."""
 
-    kind = "depth"
-    channels = 1
+    kinds = (DepthTask,)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss over pixels whose target is finite and > 0.
@@ -36,7 +36,6 @@ class DepthLoss(DenseLoss):
 class L1DepthLoss(DepthLoss):
     """Mean absolute error over valid pixels."""
 
-    name = "l1"
 
     def reduce(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (pred - target).abs().mean()
@@ -53,7 +52,6 @@ class LogL1DepthLoss(DepthLoss):
         min_depth: Predictions are clamped to at least this many metres before the log.
     """
 
-    name = "log_l1"
 
     def __init__(self, *, min_depth: float = 1e-3) -> None:
         super().__init__()
@@ -78,7 +76,6 @@ class SILogLoss(DepthLoss):
         min_depth: Predictions are clamped to at least this many metres before the log.
     """
 
-    name = "silog"
 
     def __init__(self, *, variance_focus: float = 0.85, scale: float = 10.0, min_depth: float = 1e-3) -> None:
         super().__init__()
@@ -104,7 +101,6 @@ class BerHuLoss(DepthLoss):
         threshold: Fraction of the batch's largest absolute error where the loss turns quadratic, in ``(0, 1]``.
     """
 
-    name = "berhu"
 
     def __init__(self, *, threshold: float = 0.2) -> None:
         super().__init__()

@@ -6,14 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from multitask_deeplab.losses.base import LOSSES, DenseLoss, check_same_shape, zero_loss
-
-
-def valid_normals(target: torch.Tensor) -> torch.Tensor:
-    """``B x H x W`` mask of pixels whose ``B x 3 x H x W`` target normal is finite with length > 0.5.
-
-    All-zero targets mark unknown pixels.
-    """
-    return torch.isfinite(target).all(dim=1) & (torch.linalg.vector_norm(target, dim=1) > 0.5)
+from multitask_deeplab.metrics.normals import valid_normals
+from multitask_deeplab.tasks import NormalsTask
 
 
 @LOSSES.register("cosine")
@@ -24,9 +18,7 @@ class CosineNormalsLoss(DenseLoss):
     Computed in float32; 0 for identical directions, 1 for orthogonal ones, 2 for opposite ones.
     """
 
-    name = "cosine"
-    kind = "normals"
-    channels = 3
+    kinds = (NormalsTask,)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss over valid pixels.

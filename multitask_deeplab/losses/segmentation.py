@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.losses.base import LOSSES, DenseLoss, zero_loss
+from multitask_deeplab.tasks import SegmentationTask, TaskKind
 
 
 @LOSSES.register("cross_entropy")
@@ -24,8 +25,7 @@ class CrossEntropyLoss(DenseLoss):
         label_smoothing: Share of the target mass spread uniformly over the classes, in ``[0, 1]``.
     """
 
-    name = "cross_entropy"
-    kind = "segmentation"
+    kinds = (SegmentationTask,)
 
     def __init__(
         self,
@@ -55,15 +55,11 @@ class CrossEntropyLoss(DenseLoss):
                 )
             self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
 
-    def check_channels(self, out_channels: int) -> None:
-        if out_channels < 2:
+    def check_task(self, task: TaskKind) -> None:
+        super().check_task(task)
+        if self.class_weights is not None and len(self.class_weights) != task.out_channels:
             raise ValueError(
-                f"cross_entropy needs a head with num_classes >= 2 channels, got {out_channels}; "
-                "use it on a segmentation task with at least two classes"
-            )
-        if self.class_weights is not None and len(self.class_weights) != out_channels:
-            raise ValueError(
-                f"cross_entropy has {len(self.class_weights)} class_weights but the head has {out_channels} "
+                f"cross_entropy has {len(self.class_weights)} class_weights but the task has {task.out_channels} "
                 "classes; give one weight per class"
             )
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multitask_deeplab.models.backbone import TimmBackbone, checkpoint
-from multitask_deeplab.models.heads import HEADS, DenseHead, SharedTrunk
+from multitask_deeplab.models.heads import HEADS, SharedTrunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +26,9 @@ class MultiTaskModel(nn.Module):
     Args:
         backbone: The shared feature extractor.
         heads: One head per task, each mapping the feature list to a map at feature resolution.
+        activations: Per task, the module that turns its head's upsampled output into the prediction (a task kind's
+            :meth:`~multitask_deeplab.tasks.TaskKind.activation`, e.g. a positive depth); tasks without one output the
+            raw maps (e.g. segmentation logits).
         trunk: Optional module shared by the heads (e.g. a :class:`~multitask_deeplab.models.heads.SharedTrunk`),
             run once on the feature list; its output is appended to the list as the last level.
         mean: Per-channel normalisation mean.
@@ -37,6 +40,7 @@ class MultiTaskModel(nn.Module):
         backbone: TimmBackbone,
         heads: Mapping[str, nn.Module],
         *,
+        activations: Mapping[str, nn.Module | None] | None = None,
         trunk: nn.Module | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -53,6 +57,10 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
+        activations = {task: module for task, module in (activations or {}).items() if module is not None}
+        if unknown := sorted(set(activations) - set(heads)):
+            raise ValueError(f"activations for {', '.join(unknown)}, which have no head; give one activation per task at most")
+        self.activations = nn.ModuleDict(activations)
         self.grad_checkpointing = False
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -91,16 +99,16 @@ class MultiTaskModel(nn.Module):
         if self.trunk is not None:
             features = [*features, self._run(self.trunk, features)]
         read = features if feature_hook is None else feature_hook(features)
-        return {task: self._decode(head, read, image.shape[-2:]) for task, head in self.heads.items()}
+        return {task: self._decode(task, head, read, image.shape[-2:]) for task, head in self.heads.items()}
 
     def _run(self, module: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(module, features)
         return module(features)
 
-    def _decode(self, head: nn.Module, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
+    def _decode(self, task: str, head: nn.Module, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         output = F.interpolate(self._run(head, features), size=size, mode="bilinear", align_corners=False)
-        return head.finalize(output) if isinstance(head, DenseHead) else output
+        return self.activations[task](output) if task in self.activations else output
 
     def predict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode forward under ``torch.inference_mode``; the training mode is restored afterwards."""
@@ -113,14 +121,16 @@ class MultiTaskModel(nn.Module):
             self.train(was_training)
 
 
-def build_head(backbone: TimmBackbone, cfg: Mapping[str, Any], out_channels: int, trunk: SharedTrunk | None = None) -> nn.Module:
+def build_head(
+    backbone: TimmBackbone, cfg: Mapping[str, Any], out_channels: int, trunk: SharedTrunk | None = None, *, where: str | None = None
+) -> nn.Module:
     """Builds a registered head from ``{"type": name, **kwargs}``, sized to the feature levels it will read: the
     backbone's real channels, plus the shared trunk's output as the last level when there is one."""
     channels, reductions = list(backbone.channels), list(backbone.reductions)
     if trunk is not None:
         channels.append(trunk.channels)
         reductions.append(trunk.reduction)
-    return HEADS.build(cfg, in_channels=channels, reductions=reductions, out_channels=out_channels)
+    return HEADS.build(cfg, where=where, in_channels=channels, reductions=reductions, out_channels=out_channels)
 
 
 def build_trunk(backbone: TimmBackbone, cfg: Mapping[str, Any] | None) -> SharedTrunk | None:
@@ -132,42 +142,3 @@ def build_trunk(backbone: TimmBackbone, cfg: Mapping[str, Any] | None) -> Shared
     if unknown:
         raise ValueError(f"model.shared_trunk: unknown key {unknown[0]!r}; it takes {', '.join(allowed)}")
     return SharedTrunk(backbone.channels, backbone.reductions, **cfg)
-
-
-def create_model(
-    backbone: str,
-    *,
-    heads: Mapping[str, Mapping[str, Any]],
-    output_stride: int = 16,
-    pretrained: bool | str = False,
-    in_chans: int = 3,
-    out_indices: Sequence[int] | None = None,
-    shared_trunk: Mapping[str, Any] | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> MultiTaskModel:
-    """Builds a model in one call from Python.
-
-    Example:
-        >>> model = create_model("resnet50", output_stride=8, heads={
-        ...     "seg": {"type": "deeplabv3", "out_channels": 21},
-        ...     "depth": {"type": "depth", "out_channels": 1},
-        ... })
-
-    Args:
-        backbone: timm model name.
-        heads: ``{task: {"type": head name, "out_channels": n, **head kwargs}}``.
-        output_stride, pretrained, in_chans, out_indices: As for :class:`TimmBackbone` (``out_indices``: keep
-            only the levels the heads read, which saves memory).
-        shared_trunk: ``None``, or the arguments of a :class:`SharedTrunk` run once for all heads
-            (e.g. ``{"channels": 256}``); heads then read its output as the last level.
-        mean, std: Input normalisation.
-    """
-    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained, in_chans=in_chans, out_indices=out_indices)
-    trunk = build_trunk(body, shared_trunk)
-    built = {}
-    for task, cfg in heads.items():
-        if "out_channels" not in cfg:
-            raise ValueError(f"head of task {task!r} needs out_channels (e.g. the number of classes)")
-        built[task] = build_head(body, {k: v for k, v in cfg.items() if k != "out_channels"}, cfg["out_channels"], trunk)
-    return MultiTaskModel(body, built, trunk=trunk, mean=mean, std=std)

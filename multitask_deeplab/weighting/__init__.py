@@ -1,6 +1,6 @@
 """Multi-task loss weighting strategies, built by name from the ``WEIGHTINGS`` registry.
 
-``WEIGHTINGS.build({"type": name, **args}, task_names=[...], task_kinds={...})`` returns an ``nn.Module``
+``WEIGHTINGS.build({"type": name, **args}, task_names=[...], task_kinds={...})`` returns a :class:`Weighting`
 (see :class:`Weighting` for the interface the trainer drives). Loss-level strategies backpropagate one
 weighted sum of the task losses; gradient-level ones combine the per-task gradients of the shared backbone
 parameters (each head keeps its own task's gradient, weight 1).

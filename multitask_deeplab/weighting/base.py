@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from multitask_deeplab.registry import Registry
+from multitask_deeplab.tasks import TaskKind
 from multitask_deeplab.weighting.gradients import (
     SharedFeatures,
     accumulate_grads_,
@@ -18,8 +19,6 @@ from multitask_deeplab.weighting.gradients import (
     task_gradients,
     unflatten,
 )
-
-WEIGHTINGS: Registry = Registry("weighting")
 
 ACTIVE_RTOL = 1e-8
 """A task whose shared gradient norm is at most this fraction of the largest is left out of a gradient-level
@@ -40,7 +39,7 @@ class Weighting(nn.Module):
 
     Args:
         task_names: The tasks, in a fixed order (weights, histories and state follow it).
-        task_kinds: ``{task: kind}`` ("segmentation", "depth", "normals"); only ``uncertainty`` uses it.
+        task_kinds: ``{task: TaskKind}``; only ``uncertainty`` uses it (each kind's ``classification`` flag).
     """
 
     reduces_gradients_itself: bool = False
@@ -49,7 +48,7 @@ class Weighting(nn.Module):
     needs_post_step_losses: bool = False
     """True when the trainer must call :meth:`after_step` with the batch's losses after the optimizer step."""
 
-    def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, TaskKind] | None = None) -> None:
         super().__init__()
         names = list(task_names)
         if not names or len(set(names)) != len(names):
@@ -115,6 +114,10 @@ class Weighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tasks={self.task_names}"
+
+
+WEIGHTINGS: Registry[Weighting] = Registry("weighting", Weighting)
+"""Every registered weighting strategy, by the name recipes give as ``weighting: {type: ...}``."""
 
 
 class SeededMixin:

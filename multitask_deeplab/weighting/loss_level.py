@@ -43,7 +43,7 @@ class UncertaintyWeighting(LossWeighting):
     for the trainer's optimizer (no weight decay). From the paper's Gaussian and softmax likelihoods:
     regression tasks add ``0.5 * exp(-s) * L + 0.5 * s`` (``L / (2 sigma^2) + log sigma``, optimum
     ``s = log L``), classification tasks add ``exp(-s) * L + 0.5 * s`` (``L / sigma^2 + log sigma``, optimum
-    ``s = log 2L``). Segmentation tasks (``task_kinds``) use the classification form, every other task the
+    ``s = log 2L``). Tasks whose kind is a classification (``task_kinds``, e.g. segmentation) use the classification form, every other task the
     regression form (LibMTL uses the regression form for every task). ``task_weights()`` reports the
     effective factors ``0.5 exp(-s)`` or ``exp(-s)``.
     """
@@ -51,7 +51,7 @@ class UncertaintyWeighting(LossWeighting):
     def __init__(self, **base: Any) -> None:
         super().__init__(**base)
         self.log_vars = nn.Parameter(torch.zeros(self.num_tasks))
-        factors = [1.0 if self.task_kinds.get(name) == "segmentation" else 0.5 for name in self.task_names]
+        factors = [1.0 if name in self.task_kinds and self.task_kinds[name].classification else 0.5 for name in self.task_names]
         self.register_buffer("factors", torch.tensor(factors), persistent=False)
 
     def combine(self, losses: Tensor) -> Tensor:

@@ -9,8 +9,6 @@ from torch import nn
 
 from multitask_deeplab.registry import Registry
 
-HEADS: Registry = Registry("head")
-
 RESERVED_HEAD_ARGS = ("in_channels", "reductions", "out_channels")
 """Keyword arguments the model passes to every head itself; recipes must not set them."""
 
@@ -18,8 +16,9 @@ RESERVED_HEAD_ARGS = ("in_channels", "reductions", "out_channels")
 class DenseHead(nn.Module):
     """Base class of task-neutral dense heads.
 
-    A head maps the backbone's feature list to a tensor at feature resolution. The model upsamples that
-    tensor once, to the input size, and then calls :meth:`finalize` (e.g. a positive activation for depth).
+    A head maps the backbone's feature list to ``out_channels`` maps at feature resolution. It knows nothing of the
+    task it serves: the model upsamples its output once, to the input size, and the task's kind applies its activation
+    (softmax-free logits for segmentation, a positive depth, unit normals).
 
     Args:
         in_index: Which backbone feature level the head reads (negative counts from the deepest).
@@ -39,9 +38,9 @@ class DenseHead(nn.Module):
         """The feature map this head reads."""
         return features[self.in_index]
 
-    def finalize(self, output: torch.Tensor) -> torch.Tensor:
-        """Maps the upsampled raw output to the prediction; identity by default."""
-        return output
+
+HEADS: Registry[DenseHead] = Registry("head", DenseHead)
+"""Every registered head, by the name recipes give as ``head: {type: ...}``."""
 
 
 class ConvBNReLU(nn.Sequential):
