@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from benchmarks.settings import DEFAULT_RECIPE, Settings
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.data.loader import build_dataset
-from multitask_deeplab.inference.agreement import Agreement, kind_name
+from multitask_deeplab.inference.agreement import Agreement
 from multitask_deeplab.inference.predictor import Predictor
 from multitask_deeplab.runtime.precision import native_bf16
-from multitask_deeplab.tasks import TaskKind
+from multitask_deeplab.tasks import TASKS, TaskKind
 
 AGREEMENT_BAR = 0.995
 ABS_REL_BAR = 0.002
@@ -101,7 +101,7 @@ def measure(checkpoint: Path, device: torch.device) -> dict[str, Any]:
         rows[name] = row
     return {
         "checkpoint": str(checkpoint),
-        "tasks": {name: kind_name(task) for name, task in tasks.items()},
+        "tasks": {name: TASKS.name_of(type(task)) for name, task in tasks.items()},
         "val_images": len(dataset),
         "bf16_native": native_bf16(device),
         "bars": {"agreement": AGREEMENT_BAR, "abs_rel": ABS_REL_BAR},
@@ -111,11 +111,12 @@ def measure(checkpoint: Path, device: torch.device) -> dict[str, Any]:
 
 
 def passes(tasks: dict[str, TaskKind], row: dict[str, Any]) -> bool:
-    """Whether a candidate meets the bars: every segmentation task's pixel agreement and every depth task's AbsRel."""
+    """Whether a candidate meets the bars: the pixel agreement of every task compared by class (segmentation) and the
+    AbsRel change of every task measured by AbsRel (depth)."""
     checks = []
     for name, task in tasks.items():
-        if kind_name(task) == "segmentation":
+        if task.comparison == "agreement":
             checks.append(row["agreement"][f"{name}.agreement"] >= AGREEMENT_BAR)
-        elif kind_name(task) == "depth":
+        if f"{name}.abs_rel" in row["changes"]:
             checks.append(abs(row["changes"][f"{name}.abs_rel"]) <= ABS_REL_BAR)
     return all(checks)
