@@ -96,7 +96,7 @@ def test_pascal_context_names_an_unknown_person_part_and_missing_scipy(pascal, m
         return real_import(module, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_scipy)
-    with pytest.raises(ValueError, match=r'^PASCAL-Part annotation needs scipy to read MATLAB .mat files: pip install -e "\.\[benchmarks\]"$'):
+    with pytest.raises(ValueError, match=r'^PASCAL-Part annotation needs scipy to read MATLAB .mat files: pip install -e "\.\[mtl-benchmarks\]"$'):
         dataset[1]
 
 

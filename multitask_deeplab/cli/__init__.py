@@ -49,7 +49,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.build import REGISTRIES, build_tasks
-    from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
+    from multitask_deeplab.engine.sweep import format_sweep, level_variants, save_sweep, sweep
 
     recipe = _load_checked(args)
     registry = REGISTRIES["weightings"]
@@ -57,12 +57,19 @@ def _sweep(args: argparse.Namespace) -> int:
     strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
     for strategy in strategies:
         registry.get(strategy)
-    rows = sweep(recipe, strategies, show_progress=not args.no_progress)
+    if args.gradients:
+        strategies, left = level_variants(strategies, args.gradients)
+        if left and args.weightings != ["all"]:
+            raise ValueError(f"--gradients {args.gradients}: {', '.join(left)} has no such variant; leave it out of --weightings")
+        if left:
+            print(f"--gradients {args.gradients}: leaving out {', '.join(left)} (loss level, or no such variant)")
+    rows = sweep(recipe, strategies, gradients=args.gradients, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
     table = format_sweep(rows, columns)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
-    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table)}")
+    name = f"sweep-{args.gradients}" if args.gradients else "sweep"
+    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table, name)}")
     return 0
 
 
@@ -115,7 +122,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tta or args.scales or args.window:
         predictor = Predictor(
             model, tasks, stride=max(model.backbone.reductions), in_chans=recipe.model.in_chans, device=device, tta_flip=args.tta,
-            window=args.window, scales=args.scales or (1.0,), fold_bn=False, channels_last=channels_last, bf16=amp == "bf16",
+            window=args.window, scales=args.scales or (1.0,), fold_bn=False, channels_last=channels_last,
+            precision="bf16" if amp == "bf16" else "fp32",
         )  # fmt: skip
         model, predict = predictor.model, predictor.predict_batch
     elif channels_last:
@@ -208,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME",
         help="strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column)",
+    )
+    sweep.add_argument(
+        "--gradients", choices=("params", "features"),
+        help="train every gradient-level strategy on this level (rows name@level; with 'all', fixed and the strategies that have it)",
     )
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(run=_sweep)

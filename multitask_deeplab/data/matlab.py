@@ -7,7 +7,7 @@ from typing import Any
 
 from multitask_deeplab.data.verify import require_file
 
-SCIPY_HINT = 'needs scipy to read MATLAB .mat files: pip install -e ".[benchmarks]"'
+SCIPY_HINT = 'needs scipy to read MATLAB .mat files: pip install -e ".[mtl-benchmarks]"'
 
 
 def read_mat(path: Path, what: str, *, needs: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ Targets, as those code bases build them:
   :data:`NORMALS_CLASSES` (elsewhere unknown).
 - ``edges``: the thinned boundaries of ``LabelMap``, ``thin(|Laplacian(LabelMap)| > 0)``.
 
-The ``.mat`` files need scipy (``pip install -e ".[benchmarks]"``). The semantic labels are the 21 classes those code
+The ``.mat`` files need scipy (``pip install -e ".[mtl-benchmarks]"``). The semantic labels are the 21 classes those code
 bases train and score (not the 59-class PASCAL-Context benchmark of the segmentation literature).
 """
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from multitask_deeplab.config.validation import check_number
 from multitask_deeplab.metrics.base import Metrics, parse_thresholds
 
-SCIPY_HINT = 'the edges metrics need scipy: pip install -e ".[benchmarks]"'
+SCIPY_HINT = 'the edges metrics need scipy: pip install -e ".[mtl-benchmarks]"'
 
 _NEIGHBOURS = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))
 """(dy, dx) of the neighbours x1 .. x8 of Guo & Hall: east first, then counter-clockwise."""
