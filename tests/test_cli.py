@@ -137,10 +137,7 @@ def test_evaluate_takes_data_overrides_for_a_moved_data_folder(tmp_path, capsys)
     code, out, _ = run_cli(capsys, "evaluate", checkpoint, f"data.root={tmp_path / 'moved'}", "eval.batch_size=1", "--device", "cpu")
     assert code == 0 and "seg.miou" in out
     code, _, err = run_cli(capsys, "evaluate", checkpoint, "tasks.seg.num_classes=3", "--device", "cpu")
-    assert code == 2 and err == (
-        "mtdl: error: override 'tasks.seg.num_classes=3': evaluate takes data.* and eval.* overrides only "
-        "(e.g. data.root=/new/place); the model and tasks come from the checkpoint\n"
-    )
+    assert code == 2 and err.startswith("mtdl: error: override 'tasks.seg.num_classes=3': mtdl evaluate takes eval.* and data.* ")
 
 
 FOLDER = """

@@ -16,8 +16,6 @@ from multitask_deeplab.cli.predict import add_commands
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANNOT_WRITE = 4
-EVALUATE_SECTIONS = ("data", "eval")
-"""The recipe sections ``mtdl evaluate`` may override: where the data is and how to batch it, not the model."""
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
 """A ``dotted.key=value`` override."""
 
@@ -53,7 +51,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.build import REGISTRIES, build_tasks
-    from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
+    from multitask_deeplab.engine.sweep import format_sweep, level_variants, save_sweep, sweep
 
     recipe = _load_checked(args)
     registry = REGISTRIES["weightings"]
@@ -61,13 +59,26 @@ def _sweep(args: argparse.Namespace) -> int:
     strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
     for strategy in strategies:
         registry.get(strategy)
-    rows = sweep(recipe, strategies, overwrite=args.overwrite, show_progress=not args.no_progress)
+    if args.gradients:
+        strategies, left = level_variants(strategies, args.gradients)
+        if left and args.weightings != ["all"]:
+            raise ValueError(f"--gradients {args.gradients}: {', '.join(left)} has no such variant; leave it out of --weightings")
+        if left:
+            print(f"--gradients {args.gradients}: leaving out {', '.join(left)} (loss level, or no such variant)")
+    rows = sweep(recipe, strategies, gradients=args.gradients, overwrite=args.overwrite, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
     table = format_sweep(rows, columns)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
-    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table)}")
+    name = f"sweep-{args.gradients}" if args.gradients else "sweep"
+    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table, name)}")
     return 0
+
+
+COMMANDS_WITH_OVERRIDES = ("train", "baselines", "sweep", "evaluate", "data")
+"""The sub-commands that take ``dotted.key=value`` overrides."""
+EVALUATE_SECTIONS = ("eval.", "data.")
+"""The recipe sections ``mtdl evaluate`` may override (the model and tasks are the checkpoint's)."""
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -75,24 +86,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from multitask_deeplab.config import recipe as recipe_module
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader, shutdown_workers
+    from multitask_deeplab.engine.build import check_components
     from multitask_deeplab.engine.delta_m import recipe_delta_m
-    from multitask_deeplab.engine.evaluate import evaluate
+    from multitask_deeplab.engine.evaluate import evaluate, protocol_lines
     from multitask_deeplab.engine.logs import format_table
     from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.inference.predictor import Predictor
     from multitask_deeplab.runtime.device import resolve_device
     from multitask_deeplab.runtime.distributed import DistInfo
     from multitask_deeplab.runtime.files import atomic_write
     from multitask_deeplab.runtime.precision import resolve_amp
 
-    for item in args.overrides:
-        if item.partition(".")[0] not in EVALUATE_SECTIONS:
+    for override in args.overrides:
+        if not override.startswith(EVALUATE_SECTIONS):
             raise ValueError(
-                f"override {item!r}: evaluate takes {' and '.join(f'{s}.*' for s in EVALUATE_SECTIONS)} overrides only "
-                "(e.g. data.root=/new/place); the model and tasks come from the checkpoint"
+                f"override {override!r}: mtdl evaluate takes eval.* and data.* overrides only (the model and tasks are "
+                "the checkpoint's), e.g. eval.protocol.depth.crop=eigen"
             )
     device = resolve_device(args.device)
     model, recipe, tasks, _ = model_from_checkpoint(args.checkpoint, device)
-    recipe = recipe_module.from_dict(recipe_module.apply_overrides(recipe_module.to_dict(recipe), args.overrides))
+    if args.overrides:
+        recipe = recipe_module.from_dict(recipe_module.apply_overrides(recipe_module.to_dict(recipe), args.overrides))
+        check_components(recipe)
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
@@ -103,18 +118,34 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=device,
     )
     channels_last = recipe.train.channels_last  # the trainer's evaluation settings, so its figures come out again
-    if channels_last:
+    amp = resolve_amp(recipe.train.amp, device)
+    inference = {"tta_flip": args.tta, "scales": args.scales or [1.0], "window": args.window}
+    predict = None
+    if args.tta or args.scales or args.window:
+        predictor = Predictor(
+            model, tasks, stride=max(model.backbone.reductions), in_chans=recipe.model.in_chans, device=device, tta_flip=args.tta,
+            window=args.window, scales=args.scales or (1.0,), fold_bn=False, channels_last=channels_last,
+            precision="bf16" if amp == "bf16" else "fp32",
+        )  # fmt: skip
+        model, predict = predictor.model, predictor.predict_batch
+    elif channels_last:
         model = model.to(memory_format=torch.channels_last)
     try:
-        metrics = evaluate(model, loader, tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
+        metrics = evaluate(model, loader, tasks, device, amp=amp, channels_last=channels_last, protocols=recipe.eval.protocol, predict=predict)
     finally:
         shutdown_workers(loader)
     delta = recipe_delta_m(recipe, tasks, metrics)
-    report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
+    protocol = protocol_lines(tasks, recipe.eval.protocol)
+    report = {
+        "split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta,
+        "protocol": {**recipe_module.to_dict(recipe.eval)["protocol"], "description": [line.strip() for line in protocol]},
+        "inference": inference,
+    }  # fmt: skip
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
     atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
     print(f"metrics on the {args.split} split of {args.checkpoint}:")
     print(format_table(metrics))
+    print("\n".join(["evaluation protocol:", *protocol, f"  inference: {describe_inference(**inference)}"]))
     if delta is not None:
         print(f"  Δm vs single-task baselines ({recipe.eval.delta_m} protocol): {delta:+.2f} %")
     print(f"saved to {out}")
@@ -126,6 +157,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return 0
+
+
+def describe_inference(*, tta_flip: bool, scales: Sequence[float], window: int | None) -> str:
+    """The inference options of an evaluation in a few words."""
+    parts = ["whole images" if window is None else f"a sliding window of {window} px"]
+    if list(scales) != [1.0]:
+        parts.append("scales " + ", ".join(f"{s:g}" for s in scales))
+    if tta_flip:
+        parts.append("averaged with the horizontal flip")
+    return ", ".join(parts)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -209,15 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME",
         help="strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column)",
     )
+    sweep.add_argument(
+        "--gradients", choices=("params", "features"),
+        help="train every gradient-level strategy on this level (rows name@level; with 'all', fixed and the strategies that have it)",
+    )
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(run=_sweep)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("overrides", nargs="*", help="data.* and eval.* overrides, e.g. data.root=/moved/data")
+    evaluate.add_argument("overrides", nargs="*", help="eval.* and data.* overrides, e.g. eval.protocol.depth.crop=eigen")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint)")
+    evaluate.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    evaluate.add_argument("--scales", nargs="+", type=float, metavar="S", help="multi-scale inference, e.g. --scales 0.75 1 1.25")
+    evaluate.add_argument("--window", type=int, help="sliding-window tile size in pixels")
     evaluate.set_defaults(run=_evaluate)
 
     listing = commands.add_parser("list", help="list registered components or dilatable backbones")
@@ -248,8 +296,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """Parses the command line; ``dotted.key=value`` overrides may stand anywhere after the recipe, before or after
     the flags (``mtdl train r.yaml --plugin p.py train.steps=5``), and keep their order (a later one wins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(argv)
-    overrides = [token for token in extra if OVERRIDE.fullmatch(token)]
+    # Commands with overrides set them aside first, so a flag taking several values (--scales 0.75 1) stops before them.
+    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token)] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
+    args, extra = parser.parse_known_args([token for token in argv if token not in early])
+    overrides = early + [token for token in extra if OVERRIDE.fullmatch(token)]
     unknown = [token for token in extra if token not in overrides]
     if unknown or (overrides and not hasattr(args, "overrides")):
         hint = " (overrides are dotted.key=value)" if any("=" in token for token in unknown) else ""

@@ -11,6 +11,7 @@ from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.runtime.files import atomic_write
+from multitask_deeplab.weighting import WEIGHTINGS
 
 
 def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
@@ -40,10 +41,17 @@ def train_baselines(recipe: Recipe, *, overwrite: bool = False, show_progress: b
 
 
 def sweep(
-    recipe: Recipe, strategies: Sequence[str], *, overwrite: bool = False, show_progress: bool = True
+    recipe: Recipe, strategies: Sequence[str], *, gradients: str | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> list[dict[str, float | str | None]]:
-    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<strategy>``;
-    ``overwrite`` starts afresh over the runs of an earlier sweep (see :class:`Trainer`).
+    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<row>``.
+
+    Args:
+        recipe: The recipe (its ``weighting`` is replaced).
+        strategies: Registered names.
+        gradients: "params" or "features" for every gradient-level strategy (rows ``name@features``), or None for
+            each one's default; loss-level strategies train as they are.
+        overwrite: Start afresh over the runs of an earlier sweep (see :class:`Trainer`).
+        show_progress: Show the trainer's progress bars.
 
     Returns:
         One row per strategy: its val metrics, Δm against the recipe's baselines (None without them) and
@@ -52,14 +60,31 @@ def sweep(
     folder = Path(recipe.train.output_dir) / "sweep"
     rows = []
     for strategy in strategies:
-        print(f"weighting strategy: {strategy}")
-        train = dataclasses.replace(recipe.train, output_dir=str(folder / strategy))
-        trainer = Trainer(
-            dataclasses.replace(recipe, weighting={"type": strategy}, train=train), overwrite=overwrite, show_progress=show_progress
-        )
+        weighting, row = sweep_entry(strategy, gradients)
+        print(f"weighting strategy: {row}")
+        train = dataclasses.replace(recipe.train, output_dir=str(folder / row))
+        trainer = Trainer(dataclasses.replace(recipe, weighting=weighting, train=train), overwrite=overwrite, show_progress=show_progress)
         metrics = trainer.fit()
-        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
+        rows.append({"weighting": row, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
     return rows
+
+
+def sweep_entry(strategy: str, gradients: str | None) -> tuple[dict[str, str], str]:
+    """The weighting config and the row name of one sweep entry."""
+    if gradients is None or WEIGHTINGS.get(strategy).level != "gradient":
+        return {"type": strategy}, strategy
+    return {"type": strategy, "gradients": gradients}, f"{strategy}@{gradients}"
+
+
+def level_variants(strategies: Sequence[str], gradients: str) -> tuple[list[str], list[str]]:
+    """The strategies a sweep at ``gradients`` trains (``fixed``, the reference, and every gradient-level one that
+    has that level) and those it leaves out."""
+    kept, left = [], []
+    for name in strategies:
+        cls = WEIGHTINGS.get(name)
+        takes = name == "fixed" or (cls.level == "gradient" and (gradients == "params" or cls.supports_features))
+        (kept if takes else left).append(name)
+    return kept, left
 
 
 def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[str]) -> str:
@@ -79,8 +104,8 @@ def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[st
     return "\n".join(lines)
 
 
-def save_sweep(folder: Path, rows: list[dict[str, float | str | None]], table: str) -> Path:
-    """Writes the table (``sweep.md``) and every row with all its metrics (``sweep.json``); returns the table's path."""
-    atomic_write(folder / "sweep.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
-    atomic_write(folder / "sweep.md", lambda temp: temp.write_text(table + "\n"))
-    return folder / "sweep.md"
+def save_sweep(folder: Path, rows: list[dict[str, float | str | None]], table: str, name: str = "sweep") -> Path:
+    """Writes the table (``<name>.md``) and every row with all its metrics (``<name>.json``); returns the table's path."""
+    atomic_write(folder / f"{name}.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
+    atomic_write(folder / f"{name}.md", lambda temp: temp.write_text(table + "\n"))
+    return folder / f"{name}.md"

@@ -28,6 +28,7 @@ from multitask_deeplab.data.loader import (
     to_device,
 )
 from multitask_deeplab.data.targets import batch_target_kinds, check_tasks_fit
+from multitask_deeplab.engine.backward import Accumulation, NonFiniteLoss, all_reduce_mean_, ddp_syncs, mtl_backward
 from multitask_deeplab.engine.build import (
     build_losses,
     build_model,
@@ -40,14 +41,13 @@ from multitask_deeplab.engine.build import (
 )
 from multitask_deeplab.engine.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, state_mismatch, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
-from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid
+from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, protocol_lines, save_prediction_grid
 from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from multitask_deeplab.runtime.device import resolve_device
 from multitask_deeplab.runtime.distributed import (
     any_process,
-    any_process_each,
     convert_sync_batchnorm,
     mean_over_processes,
     setup_distributed,
@@ -78,7 +78,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "steps.jsonl"
 
 RESUME_KEYS = (
     "model", "optimizer", "scheduler", "scaler", "weighting", "epoch", "step", "step_in_epoch", "epoch_loss_sums", "best",
-    "metrics", "skipped_steps", "rng",
+    "metrics", "skipped_steps", "rng", "recipe",
 )
 """What a checkpoint needs for training to resume from it."""
 
@@ -164,7 +164,7 @@ class Trainer:
         self.tasks = build_tasks(recipe)
         self.losses = build_losses(recipe, self.tasks)
         model = build_model(recipe, self.tasks).to(self.device)
-        check_model_fits_tasks(model, self.tasks, self.losses, in_chans=recipe.model.in_chans)
+        check_model_fits_tasks(model, self.tasks, self.losses, in_chans=recipe.model.in_chans, protocols=recipe.eval.protocol)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.grad_checkpointing:
@@ -181,10 +181,10 @@ class Trainer:
         resume_path = self._resume_path(resume)
 
         batch = cfg.batch_size
-        if len(self.train_set) < batch * self.info.world_size:
+        if len(self.train_set) < batch * cfg.accumulate_steps * self.info.world_size:
             raise ValueError(
-                f"the train split has {len(self.train_set)} samples, fewer than one batch of {batch} x {self.info.world_size} processes; "
-                "lower train.batch_size or add data"
+                f"the train split has {len(self.train_set)} samples, fewer than one step of {batch} x {cfg.accumulate_steps} "
+                f"micro-batches x {self.info.world_size} processes; lower train.batch_size or train.accumulate_steps, or add data"
             )
         self.sampler = ResumableSampler(self.train_set, info=self.info, seed=cfg.seed)
         # Worker seeds differ between ranks, so random code in a dataset does not repeat itself on every rank.
@@ -207,7 +207,7 @@ class Trainer:
             device=self.device,
             seed=worker_seed,
         )
-        self.steps_per_epoch = len(self.sampler) // batch
+        self.steps_per_epoch = len(self.sampler) // (batch * cfg.accumulate_steps)
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
 
         self.model_params = [p for p in model.parameters() if p.requires_grad]
@@ -313,6 +313,8 @@ class Trainer:
             print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
                   "metrics on the val split (used for model selection; the test split never is):")
             print(format_table(self.last_metrics))
+            if lines := protocol_lines(self.tasks, self.recipe.eval.protocol):
+                print("\n".join(["evaluation protocol:", *lines]))
             delta = recipe_delta_m(self.recipe, self.tasks, self.last_metrics)
             if delta is not None:
                 print(f"  Δm vs single-task baselines ({self.recipe.eval.delta_m} protocol): {delta:+.2f} %")
@@ -331,12 +333,14 @@ class Trainer:
         return self.train_seconds / max(1, self.timed_steps)
 
     def _run_epoch(self, bar: tqdm) -> None:
-        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
-        for batch in self.train_loader:
-            self.skipped_samples += len(batch.pop(SKIPPED_KEY, ()))
+        micro = self.recipe.train.accumulate_steps
+        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * micro * self.recipe.train.batch_size)
+        batches = iter(self.train_loader)
+        for micro_batches in zip(*[batches] * micro):  # the loader's batches, accumulate_steps at a time
+            self.skipped_samples += sum(len(batch.pop(SKIPPED_KEY, ())) for batch in micro_batches)
             started = time.perf_counter()
             self._before_step = self._snapshot()
-            losses = self.train_step(batch)
+            losses = self.train_step(*micro_batches)
             self.train_seconds += time.perf_counter() - started
             self.timed_steps += 1
             self.step += 1
@@ -359,32 +363,39 @@ class Trainer:
             self._evaluate_and_save()
         self._check_stop_request()  # a signal during the evaluation
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        """One optimizer step on a loader batch; the task losses, or None when the step was skipped."""
+    def train_step(self, *micro_batches: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimizer step on one or more loader batches (``train.accumulate_steps`` micro-batches); the task
+        losses (their mean over the micro-batches), or None when the step was skipped."""
         cfg = self.recipe.train
-        batch = self.augment(to_device({key: batch[key] for key in self.batch_keys}, self.device, cfg.channels_last))
-        # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
-        separate = self.info.enabled and self.weighting.reduces_gradients_itself
-        needs_features = self.weighting.needs_features
-        with self.model.no_sync() if separate else contextlib.nullcontext():
-            with autocast(self.device, self.amp):
-                if needs_features:
-                    outputs, features = forward_with_shared_features(self.model, batch["image"])
-                else:
-                    outputs, features = self.model(batch["image"]), None
-            losses = self._losses(outputs, batch)
-            # Every process learns which tasks went non-finite anywhere, so all skip (or stop) together.
-            finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()])
-            if bad := [name for name, flag in zip(losses, any_process_each(~finite)) if flag]:
-                return self._non_finite(f"non-finite loss in task {', '.join(bad)}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.weighting.backward(
-                losses,
-                shared_parameters=self.shared_params,
-                head_parameters=self.head_params,
-                features=features,
-                scaler=self.scaler if self.scaler.is_enabled() else None,
-            )
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulation = Accumulation(len(micro_batches))
+        augmented, step_losses = [], []
+        for batch in micro_batches:
+            batch = self.augment(to_device({key: batch[key] for key in self.batch_keys}, self.device, cfg.channels_last))
+            # Whether DDP averages this backward, or the driver does (gradient level, or before the last micro-batch).
+            syncs = not self.info.enabled or ddp_syncs(self.weighting, accumulation)
+            with contextlib.nullcontext() if syncs else self.model.no_sync():
+                with autocast(self.device, self.amp):
+                    if self.weighting.needs_features:
+                        outputs, features = forward_with_shared_features(self.model, batch["image"])
+                    else:
+                        outputs, features = self.model(batch["image"]), None
+                losses = self._losses(outputs, batch)
+                try:
+                    mtl_backward(
+                        losses,
+                        weighting=self.weighting,
+                        shared_parameters=self.shared_params,
+                        head_parameters=self.head_params,
+                        features=features,
+                        scaler=self.scaler if self.scaler.is_enabled() else None,
+                        accumulation=accumulation,
+                    )
+                except NonFiniteLoss as error:  # raised on every process together
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return self._non_finite(str(error))
+            augmented.append(batch)
+            step_losses.append(torch.stack([loss.detach() for loss in losses.values()]))
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model_params, cfg.grad_clip or math.inf)
         if not self.scaler.is_enabled() and any_process(not torch.isfinite(grad_norm), self.device):
@@ -394,19 +405,25 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.skipped_in_a_row = 0
-        if getattr(self.weighting, "needs_post_step_losses", False):
-            self._post_step_losses(batch)
-        return mean_over_processes({name: float(loss.detach()) for name, loss in losses.items()}, self.device)
+        if self.weighting.needs_post_step_losses:
+            self._post_step_losses(augmented)
+        mean = torch.stack(step_losses).mean(0).tolist()
+        return mean_over_processes(dict(zip(self.recipe.tasks, mean)), self.device)
 
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's unweighted loss, in fp32."""
         return {name: self.losses[name](outputs[name].float(), task.prepare_target(batch[task.target])) for name, task in self.tasks.items()}
 
     @torch.no_grad()
-    def _post_step_losses(self, batch: dict[str, torch.Tensor]) -> None:
-        with autocast(self.device, self.amp):
-            outputs = self.model(batch["image"])
-        self.weighting.after_step(self._losses(outputs, batch))
+    def _post_step_losses(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        """The step's batches' losses after the optimizer step, averaged over them and over the processes."""
+        step_losses = []
+        for batch in batches:
+            with autocast(self.device, self.amp):
+                outputs = self.model(batch["image"])
+            step_losses.append(torch.stack(list(self._losses(outputs, batch).values())))
+        mean = all_reduce_mean_(torch.stack(step_losses).mean(0))
+        self.weighting.after_step(dict(zip(self.recipe.tasks, mean)))
 
     def _snapshot(self) -> dict[str, Any]:
         """What a step's forward and backward passes change besides the weights and the optimizer: the model's
@@ -453,7 +470,9 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
-        self.last_metrics = evaluate(self.model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
+        self.last_metrics = evaluate(
+            self.model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last, protocols=self.recipe.eval.protocol
+        )
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:
@@ -556,6 +575,12 @@ class Trainer:
                 "resume with the recipe it was trained with (its recipe.yaml)"
             ) from error
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        saved_micro = state["recipe"]["train"].get("accumulate_steps", 1)
+        if self.step_in_epoch and saved_micro != self.recipe.train.accumulate_steps:
+            raise ValueError(
+                f"{path} stopped inside an epoch with train.accumulate_steps={saved_micro}; resume with the same value "
+                f"(got {self.recipe.train.accumulate_steps}), or from a checkpoint at an epoch end"
+            )
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
         self.best_value = state["best"]["value"]
         self.last_metrics = state["metrics"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from multitask_deeplab.models.fuse import fold_batchnorm
+from multitask_deeplab.inference.backends import BACKENDS, Backend, BackendOptions, TorchBackend, resolve_precision
 from multitask_deeplab.runtime.device import resolve_device
-from multitask_deeplab.runtime.precision import native_bf16
 from multitask_deeplab.tasks import TASKS, TaskKind
 
 if TYPE_CHECKING:
@@ -31,6 +30,11 @@ if TYPE_CHECKING:
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 """A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
+
+DEFAULT_PRECISION = "fp32"
+"""The precision a predictor runs when none is asked for. ``auto`` (bf16 where the device computes it natively)
+becomes the default only once its agreement with float32 on the default recipe's trained model passes the bars
+that ``python -m benchmarks.run --sections precision`` checks."""
 
 # Tolerance on the [0, 1] range of float inputs (resampling and colour conversions overshoot slightly).
 _RANGE_SLACK = 1e-3
@@ -50,9 +54,11 @@ class Predictor:
     Each image is padded on the bottom and right to a multiple of ``stride`` (edge replication, which works for
     any image size) and the predictions are cropped back. Images of equal size are batched together.
 
-    The model runs under ``torch.inference_mode`` with eval-mode batch norm folded into its convolutions and
-    in channels-last memory layout (both on by default: the same function, less time); on CUDA also under bf16
-    autocast where the GPU has bf16 units, with cuDNN's benchmark mode on (each new input size is tuned once).
+    A backend runs the model (see :mod:`multitask_deeplab.inference.backends`): by default PyTorch under
+    ``torch.inference_mode`` with eval-mode batch norm folded into its convolutions and in channels-last memory
+    layout (the same function, less time), in float32; on CUDA with cuDNN's benchmark mode on (each new input size
+    is tuned once). ``precision`` trades exactness for speed: ``bf16`` autocast (native on CPUs with AVX512-BF16 or
+    AMX and on GPUs from Ampere on), ``int8`` on the ``onnxruntime`` backend (CPU), ``auto`` for bf16 where native.
 
     Args:
         model: Maps a ``B x C x H x W`` batch in [0, 1] to ``{task: B x C_t x H x W}`` (a ``MultiTaskModel``);
@@ -65,14 +71,27 @@ class Predictor:
             (probabilities and depth as they are, normals with their x component mirrored and renormalised).
         window: Sliding-window tile size in pixels for large images; tiles overlap by a third and are averaged.
             ``None`` runs whole images.
+        scales: Multi-scale inference: the image is resized by each factor (bilinear), predicted (with the flip and
+            the window), and each prediction is resized back and averaged, its values mapped back by the task's
+            kind as for a zoom by ``1 / scale`` (depth times the scale, the convention augmentation's zoom teaches
+            a model; probabilities and normals as they are).
         batch_size: Most images (or tiles' images) per forward pass.
         recipe: The recipe the model was built from, kept as ``predictor.recipe`` (class names, class counts).
         fold_bn: Fold eval-mode batch norms into the convolutions before them (into a copy: ``model`` itself is
             left as it is).
-        channels_last: Run the model and its inputs in channels-last memory layout.
-        bf16: Run under bf16 autocast; ``None`` means on a GPU with bf16 units (Ampere or newer), never on the CPU
-            (where ``True`` is faster on CPUs with AVX512-BF16 or AMX, at bf16's precision).
-        compile: Wrap the model in ``torch.compile`` (the first batch of each size is slow; then faster).
+        channels_last: Run the model and its inputs in channels-last memory layout (``torch`` backend).
+        compile: Wrap the model in ``torch.compile`` (``torch`` backend; the first batch of each size is slow).
+        precision: ``"fp32"``, ``"bf16"`` (autocast), ``"int8"`` (``onnxruntime`` backend, CPU) or ``"auto"``:
+            bf16 where the device computes it natively and the backend runs it, else float32.
+        backend: A name registered in :data:`~multitask_deeplab.inference.backends.BACKENDS`: ``"torch"`` or
+            ``"onnxruntime"`` (the exported ONNX model; needs the ``export`` extra).
+        calibration: Images (as for :meth:`__call__`) that set the int8 activation ranges: a few training images.
+        exported: A file exported from ``model`` for the backend to run instead of converting ``model`` itself
+            (``onnxruntime``: an ``.onnx`` from ``mtdl export``, float32 or, with precision int8, ``--int8``).
+
+    Attributes:
+        precision: The precision the backend runs (``auto`` resolved).
+        backend: The :class:`~multitask_deeplab.inference.backends.Backend` that runs the model.
     """
 
     def __init__(
@@ -85,31 +104,46 @@ class Predictor:
         device: str | torch.device | None = None,
         tta_flip: bool = False,
         window: int | None = None,
+        scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
         recipe: Recipe | None = None,
         fold_bn: bool = True,
         channels_last: bool = True,
-        bf16: bool | None = None,
         compile: bool = False,
+        precision: str = DEFAULT_PRECISION,
+        backend: str = "torch",
+        calibration: Sequence[ImageLike] | None = None,
+        exported: str | os.PathLike | None = None,
     ) -> None:
         if window is not None and window < stride:
             raise ValueError(f"window must be at least the output stride ({stride}) pixels, got {window}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in scales):
+            raise ValueError(f"scales must be positive factors such as 0.75 1 1.25, got {list(scales)}")
         self.device = resolve_device(device)
-        self.bf16 = self.device.type == "cuda" and native_bf16(self.device) if bf16 is None else bf16
+        self.precision = resolve_precision(precision, self.device, backend)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.channels_last = channels_last
-        self.model = prepare_for_inference(model.to(self.device), fold_bn=fold_bn, channels_last=channels_last, compile=compile)
         self.tasks = {name: TASKS.build({"type": task}, where=f"task {name!r}") if isinstance(task, str) else task for name, task in tasks.items()}
         for name, task in self.tasks.items():
             if not isinstance(task, TaskKind):
                 raise ValueError(f"task {name!r} must be a TaskKind or a task kind's name, got {type(task).__name__}")
+        options = BackendOptions(
+            device=self.device,
+            precision=self.precision,
+            fold_bn=fold_bn,
+            channels_last=channels_last,
+            compile=compile,
+            calibration=[to_tensor(image, in_chans) for image in calibration or ()],
+            exported=exported,
+        )
+        self.backend: Backend = BACKENDS.get(backend)(model, options)
         self.stride = stride
         self.in_chans = in_chans
         self.tta_flip = tta_flip
         self.window = window
+        self.scales = tuple(float(s) for s in scales)
         self.batch_size = batch_size
         self.recipe = recipe
 
@@ -121,8 +155,9 @@ class Predictor:
         *,
         tta_flip: bool = False,
         window: int | None = None,
+        scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
-        **options: bool | None,
+        **options: Any,
     ) -> Predictor:
         """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
 
@@ -131,12 +166,18 @@ class Predictor:
 
         Args:
             path: The checkpoint (``best.pt``, ``last.pt``).
-            device, tta_flip, window, batch_size: As for :class:`Predictor`.
-            options: ``fold_bn``, ``channels_last``, ``bf16``, ``compile``, as for :class:`Predictor`.
+            device, tta_flip, window, scales, batch_size: As for :class:`Predictor`.
+            options: ``fold_bn``, ``channels_last``, ``compile``, ``precision``, ``backend``, ``calibration``,
+                ``exported``, as for :class:`Predictor`; int8 without ``calibration`` or ``exported`` is calibrated
+                on images spread over the recipe's train split.
         """
         from multitask_deeplab.engine.restore import model_from_checkpoint
+        from multitask_deeplab.inference.quantize import sample_images
 
+        precision = resolve_precision(options.get("precision", DEFAULT_PRECISION), resolve_device(device), options.get("backend", "torch"))
         model, recipe, tasks, _ = model_from_checkpoint(path)
+        if precision == "int8" and options.get("calibration") is None and options.get("exported") is None:
+            options["calibration"] = sample_images(recipe)
         return cls(
             model,
             tasks,
@@ -145,6 +186,7 @@ class Predictor:
             device=device,
             tta_flip=tta_flip,
             window=window,
+            scales=scales,
             batch_size=batch_size,
             recipe=recipe,
             **options,
@@ -172,6 +214,13 @@ class Predictor:
                     results[index] = self._to_numpy(outputs, row, probabilities)
         return results[0] if single else results
 
+    @property
+    def model(self) -> nn.Module:
+        """The module the ``torch`` backend runs (batch norm folded, channels-last, compiled, as asked)."""
+        if not isinstance(self.backend, TorchBackend):
+            raise AttributeError(f"the {type(self.backend).__name__} runs no PyTorch module; use predictor.backend")
+        return self.backend.model
+
     @torch.inference_mode()
     def predict_batch(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions for a ``B x C x H x W`` batch in [0, 1] on the predictor's device.
@@ -179,8 +228,25 @@ class Predictor:
         Returns:
             ``{task: B x C_t x H x W}`` float32, each task's :meth:`~multitask_deeplab.tasks.TaskKind.prediction`
             (softmax probabilities for segmentation, metres for depth, unit vectors for normals), with test-time
-            flipping and the sliding window applied.
+            flipping, the scales and the sliding window applied.
         """
+        if self.scales == (1.0,):
+            return self._predict_tiled(image)
+        height, width = image.shape[-2:]
+        sums: dict[str, torch.Tensor] = {}
+        for scale in self.scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            resized = image if size == (height, width) else F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            back = torch.diag(torch.tensor([width / size[1], height / size[0]], device=image.device)).expand(image.shape[0], 2, 2)
+            for name, value in self._predict_tiled(resized).items():
+                if size != (height, width):
+                    value = F.interpolate(value, size=(height, width), mode="bilinear", align_corners=False)
+                value = self.tasks[name].transform_values(value, back)
+                sums[name] = sums[name] + value if name in sums else value
+        return {name: self.tasks[name].finish_average(total / len(self.scales)) for name, total in sums.items()}
+
+    def _predict_tiled(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions at the image's own scale: whole, or tile by tile with the sliding window."""
         height, width = image.shape[-2:]
         if self.window is None or (height <= self.window and width <= self.window):
             return self._predict_whole(image)
@@ -201,10 +267,7 @@ class Predictor:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.stride)
         views = torch.cat([padded, padded.flip(-1)]) if self.tta_flip else padded
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(views)
+        outputs = self.backend(views)
         mirror = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], device=image.device).expand(image.shape[0], 2, 2)
         predictions = {}
         for name, task in self.tasks.items():
@@ -221,23 +284,6 @@ class Predictor:
             for name, task in self.tasks.items()
             for suffix, array in task.to_numpy(outputs[name][row], probabilities=probabilities).items()
         }
-
-
-def prepare_for_inference(
-    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True, compile: bool = False, inplace: bool = False
-) -> nn.Module:
-    """``model`` in eval mode with the inference options applied.
-
-    Args:
-        fold_bn: Fold eval-mode batch norms into their convolutions (see :func:`~multitask_deeplab.models.fuse.fold_batchnorm`),
-            in a copy unless ``inplace``.
-        channels_last: Convert the weights to channels-last layout (feed it channels-last inputs too).
-        compile: Wrap the result in ``torch.compile``.
-    """
-    model = fold_batchnorm(model, inplace=inplace) if fold_bn else model.eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
 
 
 def to_tensor(image: ImageLike, in_chans: int = 3) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class TimmBackbone(nn.Module):
             ``.safetensors``/``.pth`` file, whose keys are checked against the model.
         in_chans: Number of input channels (e.g. 4 for RGB-D).
         out_indices: timm feature levels to return; ``None`` means all of them.
+        timm_args: Further keyword arguments of ``timm.create_model`` (e.g. ``{"feature_location": ""}``: HRNet's
+            raw branches instead of its classification neck's features).
 
     Attributes:
         channels: Channel count of each returned feature map, measured on a real tensor.
@@ -45,6 +47,7 @@ class TimmBackbone(nn.Module):
         pretrained: bool | str | os.PathLike = False,
         in_chans: int = 3,
         out_indices: Sequence[int] | None = None,
+        timm_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
@@ -54,7 +57,10 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.output_stride = output_stride
         weights_file = _weights_file(pretrained)
-        kwargs: dict = {"features_only": True, "in_chans": in_chans}
+        taken = sorted(set(timm_args or {}) & {"features_only", "in_chans", "out_indices", "output_stride", "pretrained", "pretrained_cfg_overlay"})
+        if taken:
+            raise ValueError(f"backbone_args may not set {', '.join(taken)}: the model section sets them (output_stride, in_chans, out_indices, pretrained)")
+        kwargs: dict = {**(timm_args or {}), "features_only": True, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         if weights_file is not None:
@@ -186,12 +192,16 @@ def _create(name: str, *, pretrained: bool, output_stride: int, weights_file: Pa
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (AssertionError, TypeError) as error:
+        given = [key for key in kwargs if key not in ("features_only", "in_chans", "out_indices", "output_stride", "pretrained_cfg_overlay")]
+        if "unexpected keyword argument" in str(error) and any(f"'{key}'" in str(error) for key in given):
+            raise ValueError(f"backbone {name!r} does not take an argument it was given ({error}); check model.backbone_args") from error
         if output_stride == 32:
             raise ValueError(f"backbone {name!r} cannot be used as a feature extractor: {error}") from error
         raise ValueError(
             f"backbone {name!r} cannot run at output_stride {output_stride} (timm cannot dilate this family); "
-            f"use a dilatable backbone such as {_DILATABLE_EXAMPLES} (`mtdl list backbones --output-stride "
-            f"{output_stride}`), or output_stride=32 if `mtdl list backbones --output-stride 32 --filter {name}` lists it"
+            f"use output_stride=32 to run it at its native strides if `mtdl list backbones --output-stride 32 --filter {name}` "
+            f"lists it (HRNet keeps a stride-4 branch: pair it with the hrnet head), or a dilatable backbone such as "
+            f"{_DILATABLE_EXAMPLES}"
         ) from error
     except RuntimeError as error:
         source = weights_file or "timm's default weights (needs a network)"

@@ -67,6 +67,7 @@ class DepthTask(TaskKind):
     primary_metric = "abs_rel"
     delta_m_metrics = ("abs_err", "abs_rel")
     target_channels = 1
+    comparison = "rel_difference"
 
     def __init__(self, *, activation: str = "softplus", min_depth: float = 1e-3, max_depth: float = 10.0, **base: Any) -> None:
         super().__init__(**base)
@@ -96,6 +97,10 @@ class DepthTask(TaskKind):
         zoom = linear.det().abs().sqrt().to(target.dtype)
         return target / zoom.view(-1, 1, 1, 1)
 
+    def compare(self, reference: Tensor, candidate: Tensor) -> Tensor:
+        """``|candidate - reference| / reference``: the relative difference of the depths."""
+        return ((candidate - reference).abs() / reference.clamp_min(1e-6))[:, 0]
+
     def colorize(self, value: Tensor | np.ndarray, *, reference: Tensor | np.ndarray | None = None, options: visualize.PictureOptions | None = None) -> np.ndarray:
         options = options or visualize.PictureOptions()
         depth = value[0] if value.ndim == 3 else value
@@ -123,8 +128,12 @@ class DepthTask(TaskKind):
         visualize.save_png(panel, folder / f"{stem}_color.png")
         return panel
 
-    def metrics(self) -> DepthMetrics:
-        return DepthMetrics()
+    def metrics(self, *, min_depth: float = 1e-3, max_depth: float | None = None, crop: str | None = None, average: str = "pixel") -> DepthMetrics:
+        """The depth metrics under an evaluation protocol (``eval.protocol``; see
+        :class:`~multitask_deeplab.metrics.depth.DepthMetrics`): the valid target range ``min_depth`` .. ``max_depth``
+        (predictions clamped to it), ``crop`` (``None`` or ``"eigen"``) and ``average`` (``"pixel"`` or ``"image"``).
+        The NYUv2 protocol of BTS and AdaBins is ``max_depth: 10, crop: eigen, average: image``."""
+        return DepthMetrics(min_depth, max_depth, crop=crop, average=average)
 
     def __repr__(self) -> str:
         return f"DepthTask(activation={self.activation_name!r}, min_depth={self.min_depth}, max_depth={self.max_depth}, target={self.target!r})"

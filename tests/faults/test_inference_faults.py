@@ -58,8 +58,8 @@ def test_memory_stays_flat_over_200_images(checkpoint, tmp_path):
 
 def test_a_6000x4000_photo_goes_through_the_network_in_window_sized_tiles(checkpoint):
     predictor = Predictor.from_checkpoint(checkpoint, "cpu", window=1024)
-    seen, model = [], predictor.model
-    predictor.model = lambda views: seen.append(tuple(views.shape[-2:])) or model(views)
+    seen, backend = [], predictor.backend
+    predictor.backend = lambda views: seen.append(tuple(views.shape[-2:])) or backend(views)
     ys, xs = np.mgrid[0:4000, 0:6000]
     photo = np.stack([xs % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8)
     result = predictor(photo)
