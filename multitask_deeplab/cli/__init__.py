@@ -1,4 +1,4 @@
-"""The ``mtdl`` command line: train, evaluate, list, data."""
+"""The ``mtdl`` command line: train, baselines, sweep, evaluate, predict, export, push, list, data."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from multitask_deeplab import __version__
 from multitask_deeplab.cli.predict import add_commands
 
 EXIT_FAILED = 1
@@ -143,6 +144,7 @@ def _data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mtdl``."""
     parser = argparse.ArgumentParser(prog="mtdl", description="Multi-task dense prediction on one shared atrous backbone.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train from a recipe")
