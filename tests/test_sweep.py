@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from helpers_training import TINY_RECIPE
 
 from multitask_deeplab.cli import main
+from multitask_deeplab.config import recipe as R
+from multitask_deeplab.engine.sweep import sweep_points
 from multitask_deeplab.weighting import WEIGHTINGS
 
 FAST = ["train.steps=2", "train.device=cpu", "data.num_samples=8", "eval.batch_size=8"]
@@ -85,4 +88,49 @@ def test_sweep_all_trains_every_strategy_fixed_first(recipe_file, tmp_path):
 def test_sweep_rejects_an_unknown_strategy_before_training(recipe_file, tmp_path, capsys):
     assert main(["sweep", str(recipe_file), f"train.output_dir={tmp_path / 'run'}", "--weightings", "pcgrd"]) == 2
     assert "did you mean 'pcgrad'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_grid_points_cover_every_combination_each_with_its_recipe_and_folder(recipe_file, tmp_path):
+    recipe = R.load(recipe_file, [f"train.output_dir={tmp_path / 'run'}"])
+    points = sweep_points(recipe, grid=["train.lr=1e-3,2e-3", "weighting.type=fixed,uncertainty", "model.out_indices=[1,4],[2,4]"])
+    assert len(points) == 8
+    assert points[1].labels == {"train.lr": "1e-3", "weighting.type": "fixed", "model.out_indices": "[2,4]"}
+    seen = {(p.recipe.train.lr, p.recipe.weighting["type"], tuple(p.recipe.model.out_indices)) for p in points}
+    assert seen == {(lr, w, o) for lr in (1e-3, 2e-3) for w in ("fixed", "uncertainty") for o in ((1, 4), (2, 4))}
+    folders = {p.recipe.train.output_dir for p in points}
+    assert len(folders) == 8 and all(Path(f).parent == tmp_path / "run" / "sweep" for f in folders)
+    assert Path(points[1].recipe.train.output_dir).name == "train.lr=1e-3_weighting.type=fixed_model.out_indices=-2-4-"
+    assert all(p.recipe.tasks["seg"].loss == {"type": "cross_entropy"} for p in points), "points are resolved recipes"
+
+
+def test_grid_with_weightings_trains_each_point_into_its_folder_with_one_table(recipe_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--weightings", "fixed", "pcgrad", "--no-progress"]
+    assert main([*args, "--grid", "train.lr=1e-3,2e-3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| train.lr | weighting | seg.miou | depth.abs_rel | Δm % | s/step | × fixed |"
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
+    assert [row[:2] for row in cells] == [["1e-3", "fixed"], ["1e-3", "pcgrad"], ["2e-3", "fixed"], ["2e-3", "pcgrad"]]
+    assert cells[0][6] == cells[2][6] == "1.00", "each point is timed against the fixed run with the same lr"
+    for lr in ("1e-3", "2e-3"):
+        for strategy in ("fixed", "pcgrad"):
+            saved = R.load(out / "sweep" / f"train.lr={lr}_{strategy}" / "recipe.yaml")
+            assert saved.train.lr == float(lr) and saved.weighting["type"] == strategy
+    rows = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert [(row["train.lr"], row["weighting"]) for row in rows] == [(r[0], r[1]) for r in cells]
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("train.lr=1e-3,-1", "sweep point train.lr=-1: train.lr: must be > 0, got -1.0"),
+        ("train.lr", "--grid 'train.lr': expected dotted.key=value1,value2,..."),
+        ("train.lr=1e-3,", "--grid 'train.lr=1e-3,': expected dotted.key=value1,value2,..."),
+        ("weighting.type=fixed,pcgrd", "sweep point weighting.type=pcgrd: weighting.type: unknown weighting 'pcgrd': did you mean 'pcgrad'"),
+    ],
+)
+def test_a_bad_grid_fails_before_anything_trains(recipe_file, tmp_path, capsys, grid, message):
+    assert main(["sweep", str(recipe_file), f"train.output_dir={tmp_path / 'run'}", "--grid", grid]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -17,6 +17,8 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
 """A ``dotted.key=value`` override."""
+DEFAULT_SWEEP_WEIGHTINGS = ["fixed", "uncertainty", "dwa", "pcgrad", "mgda"]
+"""The strategies ``mtdl sweep`` trains when neither ``--weightings`` nor ``--grid`` is given."""
 
 
 def _load_checked(args: argparse.Namespace):
@@ -50,17 +52,20 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.build import REGISTRIES, build_tasks
-    from multitask_deeplab.engine.sweep import format_sweep, save_sweep, sweep
+    from multitask_deeplab.engine.sweep import format_sweep, parse_grid, save_sweep, sweep, sweep_points
 
     recipe = _load_checked(args)
     registry = REGISTRIES["weightings"]
-    # "all": every registered strategy, fixed first so the others' cost reads against it.
-    strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
-    for strategy in strategies:
+    strategies = args.weightings if args.weightings is not None or args.grid else DEFAULT_SWEEP_WEIGHTINGS
+    if strategies == ["all"]:  # every registered strategy, fixed first so the others' cost reads against it
+        strategies = sorted(registry.names(), key=lambda name: name != "fixed")
+    for strategy in strategies or ():
         registry.get(strategy)
-    rows = sweep(recipe, strategies, show_progress=not args.no_progress)
+    points = sweep_points(recipe, strategies, grid=args.grid)
+    rows = sweep(recipe, points, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
-    table = format_sweep(rows, columns)
+    labels = [key for key, _ in parse_grid(args.grid)] + (["weighting"] if strategies else [])
+    table = format_sweep(rows, columns, labels)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
     print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table)}")
@@ -161,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--no-progress", action="store_true")
     baselines.set_defaults(run=_baselines)
 
-    sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies, print one table")
+    sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies or a grid of values, print one table")
     sweep.add_argument("recipe")
     sweep.add_argument("overrides", nargs="*")
     sweep.add_argument(
-        "--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME",
-        help="strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column)",
+        "--weightings", nargs="+", metavar="NAME",
+        help=f"strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column); "
+        f"default without --grid: {' '.join(DEFAULT_SWEEP_WEIGHTINGS)}",
+    )
+    sweep.add_argument(
+        "--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+        help="recipe values to sweep, every combination once (e.g. train.lr=1e-3,2e-3 weighting.type=fixed,uncertainty)",
     )
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(run=_sweep)

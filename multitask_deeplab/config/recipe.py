@@ -1,9 +1,10 @@
 """Recipes: typed dataclasses filled from strict YAML, plus dotted command-line overrides.
 
 A recipe is read with a safe YAML loader that refuses duplicate keys and tags and reads ``1e-3`` as a float,
-then checked key by key against the dataclasses below: unknown keys, wrong types and out-of-range values raise a
-one-line :class:`RecipeError` naming the dotted key. Adding a setting is one line in a dataclass; ``ge``/``gt``/
-``le``/``lt`` in :func:`_opt` bound numbers, and a section's ``_check`` method checks fields against each other.
+merged over the recipes its ``base:`` names (:mod:`~multitask_deeplab.config.layers`), then checked key by key
+against the dataclasses below: unknown keys, wrong types and out-of-range values raise a one-line
+:class:`RecipeError` naming the dotted key. Adding a setting is one line in a dataclass; ``ge``/``gt``/``le``/``lt``
+in :func:`_opt` bound numbers, and a section's ``_check`` method checks fields against each other.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from multitask_deeplab.config.layers import merge_bases
 from multitask_deeplab.config.validation import RecipeError, did_you_mean
 from multitask_deeplab.config.yaml_io import Dumper, OverrideLoader, parse
 
@@ -225,29 +227,43 @@ class Recipe:
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Reads and validates a recipe file.
+    """Reads and validates a recipe file; the files its ``base:`` names (relative to its folder) are merged under it
+    first (see :mod:`multitask_deeplab.config.layers`).
 
     Args:
         path: The YAML file.
         overrides: ``dotted.key=value`` strings applied before validation (see :func:`apply_overrides`).
     """
+    path = Path(path)
+    raw = merge_bases(_read_mapping(path), directory=path.parent, source=str(path), read=_read_mapping, chain=(path.resolve(),))
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def loads(text: str, overrides: Iterable[str] = (), *, source: str = "<recipe>", directory: str | Path = ".") -> Recipe:
+    """Parses and validates recipe YAML text; ``source`` names it in parse errors, and ``base:`` files are read
+    relative to ``directory``."""
+    raw = merge_bases(_parse_mapping(text, source), directory=Path(directory), source=source, read=_read_mapping)
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The recipe file at ``path``, parsed (its bases not merged yet)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"cannot read recipe {path}: {err}") from None
-    return loads(text, overrides, source=str(path))
+    return _parse_mapping(text, str(path))
 
 
-def loads(text: str, overrides: Iterable[str] = (), *, source: str = "<recipe>") -> Recipe:
-    """Parses and validates recipe YAML text; ``source`` names it in parse errors."""
+def _parse_mapping(text: str, source: str) -> dict[str, Any]:
     raw = parse(text, source)
     if not isinstance(raw, dict):
         got = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
         sections = ", ".join(_field_names(Recipe))
         raise RecipeError(f"{source}: the top level must be a mapping of sections ({sections}), got {got}")
-    return from_dict(apply_overrides(raw, overrides))
+    return raw
 
 
 def from_dict(raw: Mapping[str, Any]) -> Recipe:

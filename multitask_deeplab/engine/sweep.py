@@ -1,13 +1,18 @@
-"""Single-task baselines and weighting-strategy sweeps: several trainings of one recipe, one table."""
+"""Single-task baselines and sweeps (weighting strategies, any grid of recipe values): several trainings of one
+recipe, one table."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
+from multitask_deeplab.engine.build import check_components, resolve_recipe
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.runtime.files import atomic_write
@@ -37,42 +42,137 @@ def train_baselines(recipe: Recipe, *, show_progress: bool = True) -> dict[str, 
     return baselines
 
 
-def sweep(recipe: Recipe, strategies: Sequence[str], *, show_progress: bool = True) -> list[dict[str, float | str | None]]:
-    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<strategy>``.
+SweepRow = dict[str, float | str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One training of a sweep.
+
+    Attributes:
+        labels: ``{axis: value}`` as written on the command line, e.g. ``{"train.lr": "1e-3", "weighting": "pcgrad"}``.
+        recipe: The recipe of this point, writing into its own folder under ``<output_dir>/sweep``.
+    """
+
+    labels: dict[str, str]
+    recipe: Recipe
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["train.lr=1e-3,2e-3", ...]`` as ``[("train.lr", ["1e-3", "2e-3"]), ...]``; commas inside brackets or quotes
+    belong to a value (``model.out_indices=[1,4],[2,4]`` has two)."""
+    axes = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        values = _split_top_level(text)
+        if not sep or not key or not all(values):
+            raise ValueError(f"--grid {item!r}: expected dotted.key=value1,value2,..., e.g. train.lr=1e-3,2e-3")
+        if key in (axis for axis, _ in axes):
+            raise ValueError(f"--grid names {key} twice; give all its values in one item: {key}=a,b,c")
+        axes.append((key, values))
+    return axes
+
+
+def _split_top_level(text: str) -> list[str]:
+    values, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*values, current.strip()]
+
+
+def sweep_points(recipe: Recipe, strategies: Sequence[str] | None = None, *, grid: Sequence[str] = ()) -> list[SweepPoint]:
+    """Every combination of the grid's values (the first axis varying slowest), each under every weighting strategy
+    when ``strategies`` are given (``weighting`` replaced by ``{type: strategy}``: default arguments).
+
+    Each point's recipe is built and checked here, so a bad value fails before anything trains; it writes into
+    ``<output_dir>/sweep/<point>``, the point named by its values (``train.lr=1e-3_pcgrad``).
+
+    Raises:
+        ValueError: a malformed grid item, or a point whose recipe does not validate (the error names the point).
+    """
+    axes = parse_grid(grid)
+    if strategies and any(key.partition(".")[0] == "weighting" for key, _ in axes):
+        raise ValueError("--weightings replaces the whole weighting section, so --grid weighting.* would be lost; use one of them")
+    combinations = itertools.product(*[[(key, value) for value in values] for key, values in axes], strategies or [None])
+    folder, points, names = Path(recipe.train.output_dir) / "sweep", [], {}
+    for *settings, strategy in combinations:
+        labels = dict(settings) | ({} if strategy is None else {"weighting": strategy})
+        shown = " ".join(f"{key}={value}" for key, value in labels.items())
+        name = point_name(labels)
+        if name in names:
+            raise ValueError(f"sweep points {names[name]} and {shown} would share the folder {folder / name}; give values that differ in letters or digits")
+        names[name] = shown
+        raw = recipe_module.apply_overrides(recipe_module.to_dict(recipe), [f"{key}={value}" for key, value in settings])
+        if strategy is not None:
+            raw["weighting"] = {"type": strategy}
+        raw["train"]["output_dir"] = str(folder / name)
+        try:
+            point = recipe_module.from_dict(raw)
+            check_components(point)
+        except ValueError as error:
+            raise ValueError(f"sweep point {shown}: {error}") from error
+        points.append(SweepPoint(labels, resolve_recipe(point)))
+    return points
+
+
+def point_name(labels: dict[str, str]) -> str:
+    """A point's folder name: ``key=value`` per grid axis and the strategy, joined by ``_`` (other characters ``-``)."""
+    parts = [value if key == "weighting" else f"{key}={value}" for key, value in labels.items()]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))
+
+
+def sweep(recipe: Recipe, points: Sequence[SweepPoint], *, show_progress: bool = True) -> list[SweepRow]:
+    """Trains every point (see :func:`sweep_points`).
 
     Returns:
-        One row per strategy: its val metrics, Δm against the recipe's baselines (None without them) and
-        the mean training-step time in seconds.
+        One row per point: its labels, its val metrics, Δm against ``recipe``'s baselines (None without them) and the
+        mean training-step time in seconds.
     """
-    folder = Path(recipe.train.output_dir) / "sweep"
     rows = []
-    for strategy in strategies:
-        print(f"weighting strategy: {strategy}")
-        train = dataclasses.replace(recipe.train, output_dir=str(folder / strategy))
-        trainer = Trainer(dataclasses.replace(recipe, weighting={"type": strategy}, train=train), show_progress=show_progress)
+    for point in points:
+        print(f"sweep point: {' '.join(f'{key}={value}' for key, value in point.labels.items())}")
+        trainer = Trainer(point.recipe, show_progress=show_progress)
         metrics = trainer.fit()
-        rows.append({"weighting": strategy, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
+        delta = recipe_delta_m(recipe, trainer.tasks, metrics)
+        rows.append({**point.labels, **metrics, "delta_m": delta, "seconds_per_step": trainer.seconds_per_step})
     return rows
 
 
-def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[str]) -> str:
-    """A markdown table of sweep rows over the given metric columns, plus Δm and time per step.
+def format_sweep(rows: list[SweepRow], columns: Sequence[str], labels: Sequence[str] = ("weighting",)) -> str:
+    """A markdown table of sweep rows: the label columns, the given metric columns, Δm and time per step.
 
-    When ``fixed`` is among the rows, a last column gives each strategy's time per step relative to it.
+    When a ``weighting`` column has ``fixed`` among its values, a last column gives each row's time per step relative
+    to the ``fixed`` row with the same other labels.
     """
-    reference = next((row["seconds_per_step"] for row in rows if row["weighting"] == "fixed"), None)
-    header = ["weighting", *columns, "Δm %", "s/step", *(["× fixed"] if reference else [])]
+    reference = {}
+    if "weighting" in labels:
+        others = [label for label in labels if label != "weighting"]
+        reference = {tuple(row[k] for k in others): row["seconds_per_step"] for row in rows if row["weighting"] == "fixed"}
+    header = [*labels, *columns, "Δm %", "s/step", *(["× fixed"] if reference else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         delta = "n/a" if row["delta_m"] is None else f"{row['delta_m']:+.2f}"
-        cells = [str(row["weighting"]), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
+        cells = [*(str(row[label]) for label in labels), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
         if reference:
-            cells.append(f"{row['seconds_per_step'] / reference:.2f}")
+            fixed = reference.get(tuple(row[k] for k in labels if k != "weighting"))
+            cells.append("n/a" if fixed is None else f"{row['seconds_per_step'] / fixed:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def save_sweep(folder: Path, rows: list[dict[str, float | str | None]], table: str) -> Path:
+def save_sweep(folder: Path, rows: list[SweepRow], table: str) -> Path:
     """Writes the table (``sweep.md``) and every row with all its metrics (``sweep.json``); returns the table's path."""
     atomic_write(folder / "sweep.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
     atomic_write(folder / "sweep.md", lambda temp: temp.write_text(table + "\n"))
