@@ -123,7 +123,11 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Optimisation, schedule, precision, logging and checkpointing."""
+    """Optimisation, schedule, precision, logging and checkpointing.
+
+    ``loggers``: ``jsonl`` (``metrics.jsonl``, always), ``csv`` (``metrics.csv``) and ``tensorboard`` (event files in
+    ``<output_dir>/tensorboard``, needs the ``tensorboard`` extra).
+    """
 
     epochs: int | None = _opt(10, ge=1)
     steps: int | None = _opt(None, ge=1)
@@ -150,8 +154,14 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     sync_batchnorm: bool = False
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = _opt(factory=lambda: ["jsonl", "csv"])
 
     def _check(self, path: str) -> None:
+        if "jsonl" not in self.loggers or len(set(self.loggers)) < len(self.loggers):
+            raise RecipeError(
+                f"{path}.loggers: expected distinct loggers including jsonl (metrics.jsonl is the run's own record, read "
+                f"on resume and by sweeps), e.g. [jsonl, csv, tensorboard], got {self.loggers}"
+            )
         if self.epochs is None and self.steps is None:
             raise RecipeError(f"{path}.epochs: null needs {path}.steps; set one of them")
         if self.steps is not None and self.warmup_steps >= self.steps:

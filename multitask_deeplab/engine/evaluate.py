@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -46,8 +47,12 @@ def higher_is_better(tasks: Mapping[str, TaskKind], metric: str) -> bool:
 @torch.no_grad()
 def save_prediction_grid(
     model: nn.Module, batch: dict[str, torch.Tensor], tasks: Mapping[str, TaskKind], path: str | os.PathLike, *, amp: str = "off"
-) -> None:
-    """One row per image: the image, then each task's prediction next to its ground truth, coloured by its kind."""
+) -> np.ndarray:
+    """Saves one row per image: the image, then each task's prediction next to its ground truth, coloured by its kind.
+
+    Returns:
+        The picture, ``H x W x 3`` uint8.
+    """
     device = batch["image"].device
     was_training = model.training
     model.eval()
@@ -63,4 +68,6 @@ def save_prediction_grid(
             row.append(task.colorize(outputs[name][i].float().cpu(), reference=target))
             row.append(task.colorize(target, reference=target))
         rows.append(row)
-    visualize.save_png(visualize.make_grid(rows, titles=titles), path)
+    grid = visualize.make_grid(rows, titles=titles)
+    visualize.save_png(grid, path)
+    return grid

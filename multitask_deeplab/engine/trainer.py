@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -33,7 +34,7 @@ from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
 from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid
 from multitask_deeplab.engine.features import forward_with_shared_features
-from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
+from multitask_deeplab.engine.logs import MetricsLog, StepLog, TensorBoardLog, format_table, require_tensorboard
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from multitask_deeplab.runtime.device import resolve_device
 from multitask_deeplab.runtime.distributed import (
@@ -114,6 +115,7 @@ class Trainer:
         check_components(recipe)
         recipe = self.recipe = resolve_recipe(recipe)
         cfg = recipe.train
+        require_tensorboard(cfg.loggers)
         self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank=self.info.local_rank)
         self.amp = resolve_amp(cfg.amp, self.device)
@@ -201,10 +203,12 @@ class Trainer:
         if self.info.is_main:
             prepare_output_dir(self.output_dir)
             (self.output_dir / "recipe.yaml").write_text(recipe_module.dump(recipe))
-        self.log = MetricsLog(self.output_dir, enabled=self.info.is_main)
+        self.log = MetricsLog(self.output_dir, enabled=self.info.is_main, csv="csv" in cfg.loggers)
         if resume_path is not None:
             self._load(resume_path)
         self.step_log = StepLog(self.output_dir / "steps.jsonl", step=self.step, enabled=self.info.is_main)
+        tensorboard = "tensorboard" in cfg.loggers and self.info.is_main
+        self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", start_step=self.step) if tensorboard else None
 
     # ----------------------------------------------------------------------------------------- set-up helpers
     def _default_best_metric(self) -> str:
@@ -235,6 +239,8 @@ class Trainer:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         if self.info.is_main:
             elapsed = time.perf_counter() - start
             print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
@@ -253,6 +259,7 @@ class Trainer:
     def _run_epoch(self, bar: tqdm) -> None:
         self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
         for batch in self.train_loader:
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             started = time.perf_counter()
             losses = self.train_step(batch)
             self.train_seconds += time.perf_counter() - started
@@ -264,6 +271,9 @@ class Trainer:
                 self.epoch_loss_sums += torch.tensor([losses[n] for n in self.recipe.tasks], dtype=torch.float64)
                 if self.step % self.recipe.train.log_interval == 0 or self.step == 1:
                     bar.set_postfix(loss=f"{sum(losses.values()):.3f}", **{n: f"{v:.3f}" for n, v in losses.items()})
+                    if self.tensorboard is not None:
+                        weights = {f"step.weight.{name}": value for name, value in self.weighting.task_weights().items()}
+                        self.tensorboard.scalars({**{f"step.loss.{n}": v for n, v in losses.items()}, **weights, "step.lr": lr}, self.step)
             bar.update(1)
             interval = self.recipe.train.checkpoint_interval
             if interval and self.step % interval == 0:
@@ -366,16 +376,22 @@ class Trainer:
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
-            self._save_pictures()
+            picture = self._save_pictures()
+        if self.tensorboard is not None:
+            self.tensorboard.scalars({key: value for key, value in row.items() if key not in ("epoch", "step")}, self.step)
+            if picture is not None:
+                self.tensorboard.picture("val/predictions", picture, self.step)
+            self.tensorboard.flush()
 
-    def _save_pictures(self) -> None:
+    def _save_pictures(self) -> np.ndarray | None:
         count = self.recipe.eval.num_visualize
         if count <= 0:
-            return
+            return None
         samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
         batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
         (self.output_dir / "pictures").mkdir(exist_ok=True)
-        save_prediction_grid(self.model, batch, self.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.amp)
+        path = self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png"
+        return save_prediction_grid(self.model, batch, self.tasks, path, amp=self.amp)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> None:
