@@ -28,7 +28,7 @@ from multitask_deeplab.config.validation import RecipeError, did_you_mean
 from multitask_deeplab.config.yaml_io import Dumper, OverrideLoader, parse
 
 __all__ = [
-    "DataConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
+    "DataConfig", "EarlyStopConfig", "EmaConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
     "apply_overrides", "dump", "from_dict", "load", "loads", "to_dict",
 ]
 
@@ -122,6 +122,34 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ``ModelEmaV3``), updated after every optimizer step;
+    evaluation, ``best.pt``, prediction and export use it. ``warmup`` ramps the decay up from 0 (timm's
+    ``use_warmup``: ``1 - (1 + step)^(-2/3)``, capped at ``decay``), which suits short runs."""
+
+    decay: float = _opt(0.999, gt=0, lt=1)
+    warmup: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarlyStopConfig:
+    """Stop training when val ``metric`` (``task.metric``; ``train.best_metric`` when null) has not improved by more
+    than ``min_delta`` for ``patience`` evaluations in a row."""
+
+    metric: str | None = None
+    patience: int = _opt(5, ge=1)
+    min_delta: float = _opt(0.0, ge=0)
+
+    def _check(self, path: str) -> None:
+        _check_metric_name(self.metric, f"{path}.metric")
+
+
+def _check_metric_name(metric: str | None, path: str) -> None:
+    if metric is not None and not re.fullmatch(r"[^.]+\.[^.]+", metric):
+        raise RecipeError(f"{path}: expected 'task.metric' such as 'seg.miou', got {metric!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation, schedule, precision, logging and checkpointing.
 
@@ -155,6 +183,8 @@ class TrainConfig:
     compile: bool = False
     sync_batchnorm: bool = False
     loggers: list[Literal["jsonl", "csv", "tensorboard"]] = _opt(factory=lambda: ["jsonl", "csv"])
+    ema: EmaConfig | None = None
+    early_stop: EarlyStopConfig | None = None
 
     def _check(self, path: str) -> None:
         if "jsonl" not in self.loggers or len(set(self.loggers)) < len(self.loggers):
@@ -171,10 +201,7 @@ class TrainConfig:
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise RecipeError(f"{path}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.best_metric is not None and not re.fullmatch(r"[^.]+\.[^.]+", self.best_metric):
-            raise RecipeError(
-                f"{path}.best_metric: expected 'task.metric' such as 'seg.miou', got {self.best_metric!r}"
-            )
+        _check_metric_name(self.best_metric, f"{path}.best_metric")
         if not self.output_dir:
             raise RecipeError(f"{path}.output_dir: must not be empty")
 
@@ -224,13 +251,13 @@ class Recipe:
                 raise RecipeError(
                     f"tasks.{name}: task names use letters, digits and _ only (not starting with a digit)"
                 )
-        if self.train.best_metric is not None:
-            task = self.train.best_metric.split(".")[0]
-            if task not in self.tasks:
-                raise RecipeError(
-                    f"train.best_metric: task {task!r} is not in tasks ({', '.join(self.tasks)})"
-                    + did_you_mean(task, self.tasks)
-                )
+        watched = {"train.best_metric": self.train.best_metric}
+        if self.train.early_stop is not None:
+            watched["train.early_stop.metric"] = self.train.early_stop.metric
+        for key, metric in watched.items():
+            task = (metric or "").split(".")[0]
+            if metric is not None and task not in self.tasks:
+                raise RecipeError(f"{key}: task {task!r} is not in tasks ({', '.join(self.tasks)})" + did_you_mean(task, self.tasks))
 
 
 # ----------------------------------------------------------------------------------------------------- public API

@@ -25,12 +25,18 @@ class Restored(NamedTuple):
     state: dict[str, Any]
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Restored:
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", *, ema: bool = True) -> Restored:
     """Loads a checkpoint, rebuilds its model and tasks from the recipe inside it, and loads the weights.
 
     Pretrained and ``init_from`` weights named in the recipe are not read again (the checkpoint has the
     weights), so neither those files nor a network are needed. Components registered by a plugin (a head, a task
     kind) need the plugin imported first.
+
+    Args:
+        path: The checkpoint.
+        device: Where the model goes.
+        ema: Load the moving average of the weights when the checkpoint has one (``train.ema``), else the weights
+            trained.
 
     Returns:
         The model in eval mode on ``device``, the recipe, its task kinds, and the raw checkpoint dict.
@@ -49,5 +55,5 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
         raise ValueError(f"cannot rebuild the model of {path}: {error}") from error
     if not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} holds no model weights ('model' entry); was it written by `mtdl train`?")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema"] if ema and state.get("ema") is not None else state["model"])
     return Restored(model.to(device).eval(), recipe, tasks, state)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -36,6 +37,7 @@ from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_p
 from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, TensorBoardLog, format_table, require_tensorboard
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from multitask_deeplab.engine.stopping import EarlyStopping
 from multitask_deeplab.runtime.device import resolve_device
 from multitask_deeplab.runtime.distributed import (
     any_process,
@@ -101,6 +103,12 @@ class Trainer:
     in a row, or any under ``train.nonfinite=stop``, saves ``last.pt`` (the state before that step) and stops
     with exit code 3.
 
+    **Moving average and early stopping**: with ``train.ema`` a moving average of the weights (timm's ``ModelEmaV3``)
+    is updated after every optimizer step, kept in the checkpoints (``ema``) and restored on resume; evaluation,
+    ``best.pt``, the pictures and, by default, ``mtdl evaluate``/``predict``/``export`` use it. With
+    ``train.early_stop`` training ends (after saving ``last.pt``) once the watched val metric has not improved for
+    ``patience`` evaluations; the count is kept in the checkpoint too.
+
     **Checkpoints** (``last.pt`` at each evaluation and every ``train.checkpoint_interval`` steps, ``best.pt``) are
     written to a temporary file and renamed, so a crash or a full disk never leaves a half-written one behind;
     SIGTERM and SIGINT save ``last.pt`` at the end of the current step and exit with 128 + the signal number.
@@ -144,6 +152,7 @@ class Trainer:
         self.augment = build_augmentation(**recipe.data.augment, targets=targets).to(self.device)
         self.best_metric = cfg.best_metric or self._default_best_metric()
         self.best_higher = higher_is_better(self.tasks, self.best_metric)
+        self.early_stop = self._early_stopping()
         resume_path = self._resume_path(resume)
 
         batch = cfg.batch_size
@@ -187,6 +196,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.shared_params = model.shared_parameters()
         self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema else None
         if self.info.enabled:
             if recipe.train.sync_batchnorm:
                 model = convert_sync_batchnorm(model, self.device)
@@ -215,6 +225,23 @@ class Trainer:
         name, task = next(iter(self.tasks.items()))
         return f"{name}.{task.primary_metric}"
 
+    def _early_stopping(self) -> EarlyStopping | None:
+        cfg = self.recipe.train.early_stop
+        if cfg is None:
+            return None
+        metric = cfg.metric or self.best_metric
+        try:
+            higher = higher_is_better(self.tasks, metric)
+        except ValueError as error:
+            raise ValueError(f"train.early_stop.metric: {error}") from error
+        return EarlyStopping(metric, higher_is_better=higher, patience=cfg.patience, min_delta=cfg.min_delta)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The model evaluation, ``best.pt`` and the pictures use: the moving average of the weights when
+        ``train.ema`` is set, else the model trained."""
+        return self.model if self.ema is None else self.ema.module
+
     def _resume_path(self, resume: str | None) -> Path | None:
         if resume is None:
             return None
@@ -233,7 +260,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc="train", dynamic_ncols=True)
         start = time.perf_counter()
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not (self.early_stop and self.early_stop.should_stop):
                 self._run_epoch(bar)
         finally:
             bar.close()
@@ -320,6 +347,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model), step=self.step + 1)
         self.skipped_in_a_row = 0
         if getattr(self.weighting, "needs_post_step_losses", False):
             self._post_step_losses(batch)
@@ -360,11 +389,13 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
-        self.last_metrics = evaluate(self.model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
+        self.last_metrics = evaluate(self.evaluated_model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:
             self.best_value = value
+        if self.early_stop is not None and self.early_stop.update(self.last_metrics[self.early_stop.metric]) and self.info.is_main:
+            tqdm.write(f"early stop at step {self.step}: {self.early_stop.describe()}; last.pt holds this state, best.pt the best")
         if not self.info.is_main:
             return
         row = {"epoch": self.epoch, "step": self.step, **{f"train.loss.{k}": v for k, v in getattr(self, "train_losses", {}).items()}}
@@ -391,7 +422,7 @@ class Trainer:
         batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
         (self.output_dir / "pictures").mkdir(exist_ok=True)
         path = self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png"
-        return save_prediction_grid(self.model, batch, self.tasks, path, amp=self.amp)
+        return save_prediction_grid(self.evaluated_model, batch, self.tasks, path, amp=self.amp)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> None:
@@ -413,6 +444,10 @@ class Trainer:
             "recipe": recipe_module.to_dict(self.recipe),
             "rng": capture_rng(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        if self.early_stop is not None:
+            state["early_stop"] = self.early_stop.state_dict()
         with self._writing(self.output_dir / name):
             self.step_log.flush()
             save_checkpoint(self.output_dir / name, state)
@@ -443,8 +478,23 @@ class Trainer:
         self.last_metrics = state["metrics"]
         self.skipped_total = state["skipped_steps"]
         restore_rng(state["rng"])
+        notes = self._load_ema(state)
+        if self.early_stop is not None and "early_stop" in state:
+            self.early_stop.load_state_dict(state["early_stop"])
+            if self.early_stop.should_stop:
+                notes.append(f"it had stopped early ({self.early_stop.describe()}); raise train.early_stop.patience to go on")
         if self.info.is_main:
-            print(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+            print(f"resumed from {path} at epoch {self.epoch}, step {self.step}" + "".join(f"; {note}" for note in notes))
+
+    def _load_ema(self, state: dict[str, Any]) -> list[str]:
+        """Restores the moving average of a resumed run; returns notes when the checkpoint and the recipe disagree."""
+        if self.ema is None:
+            return ["its moving average of the weights is dropped (train.ema is not set)"] if "ema" in state else []
+        if "ema" not in state:
+            self.ema.module.load_state_dict(state["model"])
+            return ["the moving average of the weights starts from the resumed weights (the checkpoint has none)"]
+        self.ema.module.load_state_dict(state["ema"])
+        return []
 
     # ---------------------------------------------------------------------------------------------- signals
     def _request_stop(self, signum: int, frame: Any) -> None:
