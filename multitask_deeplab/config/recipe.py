@@ -32,9 +32,6 @@ __all__ = [
     "apply_overrides", "dump", "from_dict", "load", "loads", "to_dict",
 ]
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
 def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
     """A dataclass field with checks in its metadata: ``ge``/``gt``/``le``/``lt`` bounds, ``spec`` (an open
     mapping that needs a ``type`` key) or ``extra`` (collects the section's other keys, written flat in YAML)."""
@@ -46,6 +43,10 @@ def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The shared backbone, an optional trunk shared by the heads, and input normalisation.
+
+    ``pretrained`` is false, true (timm's default weights), ``hf-hub:<org>/<name>`` (a Hub repo's weights, from the
+    local cache when it has them), a weights file or a folder holding ``model.safetensors`` (see
+    :class:`~multitask_deeplab.models.backbone.TimmBackbone`).
 
     ``shared_trunk`` is null, or the arguments of a :class:`~multitask_deeplab.models.heads.SharedTrunk` (``channels``,
     ``rates``, ``separable``, ``dropout``, ``in_index``): one ASPP run once for every task, whose output the heads
@@ -72,10 +73,10 @@ class ModelConfig:
                 )
         if min(self.std) <= 0:
             raise RecipeError(f"{path}.std: every value must be > 0, got {self.std}")
-        if isinstance(self.pretrained, str) and not self.pretrained.endswith(WEIGHT_SUFFIXES):
+        if isinstance(self.pretrained, str) and self.pretrained.removeprefix("hf-hub:").strip() in ("", "."):
             raise RecipeError(
-                f"{path}.pretrained: expected true, false or a path to a weights file ending in "
-                f"{'/'.join(WEIGHT_SUFFIXES)}, got {self.pretrained!r}"
+                f"{path}.pretrained: expected true, false, hf-hub:<org>/<name> (e.g. hf-hub:timm/resnet50.a1_in1k), a "
+                f"weights file (.safetensors/.pth) or a folder holding one, got {self.pretrained!r}"
             )
         levels = self.out_indices
         if levels is not None and (not levels or len(set(levels)) < len(levels)):
