@@ -79,14 +79,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.delta_m import recipe_delta_m
     from multitask_deeplab.engine.evaluate import evaluate
     from multitask_deeplab.engine.logs import format_table
-    from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.engine.restore import restore
     from multitask_deeplab.runtime.device import resolve_device
     from multitask_deeplab.runtime.distributed import DistInfo
     from multitask_deeplab.runtime.files import atomic_write
     from multitask_deeplab.runtime.precision import resolve_amp
 
     device = resolve_device(args.device)
-    model, recipe, tasks, _ = model_from_checkpoint(args.checkpoint, device)
+    model, recipe, tasks, _ = restore(args.checkpoint, device, ema=not args.no_ema)
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
@@ -102,7 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(model, loader, tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
     delta = recipe_delta_m(recipe, tasks, metrics)
     report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    source, name = Path(args.checkpoint), f"eval_{args.split}.json"  # beside a checkpoint, in a folder, or here for a repo
+    out = Path(args.out) if args.out else source.with_name(name) if source.is_file() else source / name if source.is_dir() else Path(name)
     atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
     print(f"metrics on the {args.split} split of {args.checkpoint}:")
     print(format_table(metrics))
@@ -182,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", metavar="model", help="a checkpoint, a folder written by save_pretrained, or a Hub repo id (org/name)")
+    evaluate.add_argument("--no-ema", action="store_true", help="a checkpoint's trained weights, not their moving average")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint)")
+    evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint, in the folder, or here)")
     evaluate.set_defaults(run=_evaluate)
 
     listing = commands.add_parser("list", help="list registered components or dilatable backbones")

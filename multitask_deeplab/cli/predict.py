@@ -1,4 +1,4 @@
-"""The ``mtdl predict`` and ``mtdl export`` sub-commands."""
+"""The ``mtdl predict``, ``mtdl export`` and ``mtdl push`` sub-commands."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
+SOURCE_HELP = "a checkpoint written by `mtdl train`, a folder written by save_pretrained, or a Hugging Face Hub repo id (org/name[@rev])"
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``predict`` and ``export`` to ``mtdl``'s sub-command parsers."""
+    """Adds ``predict``, ``export`` and ``push`` to ``mtdl``'s sub-command parsers."""
     predict = subparsers.add_parser("predict", help="predict every task for images and save pictures")
-    predict.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
+    predict.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
     predict.add_argument("inputs", nargs="+", help="image files, folders (their images) or glob patterns")
     predict.add_argument("--out", required=True, help="output folder (created)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -46,15 +47,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
 
-    export = subparsers.add_parser("export", help="export a checkpoint's model to ONNX or safetensors")
-    export.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
-    export.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
-    export.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx or .safetensors)")
+    export = subparsers.add_parser("export", help="export a model to ONNX, safetensors or a pretrained folder (for the Hub)")
+    export.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
+    export.add_argument("--format", choices=("onnx", "safetensors", "pretrained"), default="onnx")
+    export.add_argument("--out", help="file or folder to write (default: the checkpoint's name with .onnx, .safetensors or -pretrained)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     export.set_defaults(run=_export)
 
-    for sub in (predict, export):
+    push = subparsers.add_parser("push", help="upload a model to the Hugging Face Hub as a pretrained folder")
+    push.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
+    push.add_argument("repo_id", help="the Hub repo to create or update, org/name")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--message", default="Upload with mtdl push", help="the commit message")
+    push.set_defaults(run=_push)
+
+    for sub in (predict, export, push):
         sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
+        sub.add_argument("--no-ema", action="store_true", help="a checkpoint's trained weights, not their moving average (train.ema)")
 
 
 # ----------------------------------------------------------------------------------------------------- predict
@@ -72,9 +81,10 @@ def _predict(args: argparse.Namespace) -> int:
     check_unique_stems(paths)
     out = Path(args.out)
     check_writable(out)
-    predictor = Predictor.from_checkpoint(
+    predictor = Predictor.from_pretrained(
         args.checkpoint,
         args.device,
+        ema=not args.no_ema,
         tta_flip=args.tta,
         window=args.window,
         batch_size=args.batch_size,
@@ -245,20 +255,25 @@ def _warn(message: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.engine.restore import export_pretrained, restore
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".{args.format}")
+    suffix = {"onnx": ".onnx", "safetensors": ".safetensors", "pretrained": "-pretrained"}[args.format]
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + suffix)
+    if args.format == "pretrained":
+        export_pretrained(args.checkpoint, out, ema=not args.no_ema)
+        print(f"wrote {args.checkpoint} as a pretrained folder to {out} (recipe.yaml, model.safetensors, README.md)")
+        return 0
     if args.format == "safetensors":
         from multitask_deeplab.engine.checkpoint import export_safetensors
 
-        model = model_from_checkpoint(args.checkpoint).model
+        model = restore(args.checkpoint, ema=not args.no_ema).model
         export_safetensors(model, out)
         print(f"wrote the weights of {args.checkpoint} to {out}")
         return 0
     from multitask_deeplab.inference.export import CHECK_SHAPES, TOLERANCE, export_onnx, onnx_max_difference, require_onnx
 
     require_onnx()
-    model = model_from_checkpoint(args.checkpoint).model
+    model = restore(args.checkpoint, ema=not args.no_ema).model
     export_onnx(model, out, opset=args.opset)
     difference = onnx_max_difference(model, out)
     sizes = " and ".join(f"{b}x{model.backbone.in_chans}x{h}x{w}" for b, h, w in CHECK_SHAPES)
@@ -267,4 +282,20 @@ def _export(args: argparse.Namespace) -> int:
     if not difference <= TOLERANCE:
         print(f"mtdl: error: the difference {difference:.3g} exceeds {TOLERANCE:g}; {out} does not reproduce the model", file=sys.stderr)
         return 1
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- push
+
+
+def _push(args: argparse.Namespace) -> int:
+    from multitask_deeplab.engine.restore import export_pretrained
+    from multitask_deeplab.runtime.hub import is_repo_id, upload_folder
+
+    if not is_repo_id(args.repo_id) or "@" in args.repo_id:
+        raise ValueError(f"repo id {args.repo_id!r}: expected org/name, e.g. my-name/scenes-seg-depth")
+    with tempfile.TemporaryDirectory(prefix="mtdl-push-") as folder:
+        export_pretrained(args.checkpoint, folder, ema=not args.no_ema, repo_id=args.repo_id)
+        url = upload_folder(folder, args.repo_id, private=args.private, message=args.message)
+    print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
     return 0

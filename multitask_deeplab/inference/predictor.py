@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from multitask_deeplab.tasks import TASKS, TaskKind
 
 if TYPE_CHECKING:
     from multitask_deeplab.config.recipe import Recipe
+    from multitask_deeplab.engine.restore import Restored
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 """A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
@@ -122,6 +123,7 @@ class Predictor:
         tta_flip: bool = False,
         window: int | None = None,
         batch_size: int = 8,
+        ema: bool = True,
         **options: bool | None,
     ) -> Predictor:
         """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
@@ -132,23 +134,44 @@ class Predictor:
         Args:
             path: The checkpoint (``best.pt``, ``last.pt``).
             device, tta_flip, window, batch_size: As for :class:`Predictor`.
+            ema: Predict with the moving average of the weights when the checkpoint has one (``train.ema``).
             options: ``fold_bn``, ``channels_last``, ``bf16``, ``compile``, as for :class:`Predictor`.
         """
         from multitask_deeplab.engine.restore import model_from_checkpoint
 
-        model, recipe, tasks, _ = model_from_checkpoint(path)
-        return cls(
-            model,
-            tasks,
-            stride=max(model.backbone.reductions),
-            in_chans=recipe.model.in_chans,
-            device=device,
-            tta_flip=tta_flip,
-            window=window,
-            batch_size=batch_size,
-            recipe=recipe,
-            **options,
-        )
+        return cls._from_restored(model_from_checkpoint(path, ema=ema), device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        device: str | torch.device | None = None,
+        *,
+        revision: str | None = None,
+        tta_flip: bool = False,
+        window: int | None = None,
+        batch_size: int = 8,
+        ema: bool = True,
+        **options: bool | None,
+    ) -> Predictor:
+        """A predictor for a folder written by ``save_pretrained``, a Hugging Face Hub repo id (``org/name``, from
+        the local cache when it has it and always under ``HF_HUB_OFFLINE=1``) or a checkpoint.
+
+        Args:
+            source: The folder, repo id (``org/name[@revision]``) or checkpoint.
+            revision: For repo ids: the branch, tag or commit.
+            device, tta_flip, window, batch_size, ema, options: As for :meth:`from_checkpoint`.
+        """
+        from multitask_deeplab.engine.restore import restore
+
+        restored = restore(source, ema=ema, revision=revision)
+        return cls._from_restored(restored, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+
+    @classmethod
+    def _from_restored(cls, restored: Restored, device: str | torch.device | None, **options: Any) -> Predictor:
+        model, recipe, tasks, _ = restored
+        stride = max(model.backbone.reductions)
+        return cls(model, tasks, stride=stride, in_chans=recipe.model.in_chans, device=device, recipe=recipe, **options)
 
     def __call__(
         self, images: ImageLike | Sequence[ImageLike], *, probabilities: bool = False

@@ -70,3 +70,18 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, what: 
     """One file of a Hub model repo, from the cache when it is there (and always when offline)."""
     with hub_errors(what, repo_id):
         return Path(hf_hub_download(repo_id, filename, revision=revision))
+
+
+def upload_folder(folder: str | Path, repo_id: str, *, private: bool = False, message: str = "Upload with mtdl push") -> str:
+    """Creates the model repo if needed and uploads ``folder`` to it as one commit; returns the commit's URL.
+
+    Needs a network and a Hub token (``hf auth login`` or ``HF_TOKEN``).
+    """
+    from huggingface_hub import HfApi
+
+    if offline():
+        raise ValueError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 forbids it: unset HF_HUB_OFFLINE")
+    api = HfApi()
+    with hub_errors("model repo", repo_id):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message))
