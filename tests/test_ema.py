@@ -61,6 +61,9 @@ def test_evaluation_and_best_pt_use_the_average(tmp_path):
     for key, value in last["metrics"].items():
         assert averaged[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
     assert any(not math.isclose(trained[key], value, rel_tol=1e-4) for key, value in averaged.items() if math.isfinite(value))
+    assert main(["evaluate", str(out / "last.pt"), "--device", "cpu", "--no-ema", "--out", str(tmp_path / "raw.json")]) == 0
+    raw = json.loads((tmp_path / "raw.json").read_text())["metrics"]
+    assert all(raw[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True) for key, value in trained.items())
     best_row = max(rows, key=lambda row: row["val.seg.miou"])  # the first of equal values, as the trainer keeps it
     assert load(out / "best.pt")["metrics"]["seg.miou"] == best_row["val.seg.miou"]
 
