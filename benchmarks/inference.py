@@ -24,7 +24,8 @@ from torch import nn
 from benchmarks.measure import MiB, count_flops, in_fresh_process, time_interleaved
 from benchmarks.settings import Settings
 from multitask_deeplab import create_model
-from multitask_deeplab.inference.predictor import prepare_for_inference
+from multitask_deeplab.inference.backends import prepare_for_inference, resolve_precision
+from multitask_deeplab.inference.predictor import DEFAULT_PRECISION
 from multitask_deeplab.models.convert import load_torchvision_deeplabv3
 from multitask_deeplab.models.model import IMAGENET_MEAN, IMAGENET_STD, MultiTaskModel
 from multitask_deeplab.runtime.precision import native_bf16
@@ -49,28 +50,42 @@ DEEPEST = (4,)
 
 
 class Normalized(nn.Module):
-    """A torchvision segmentation model fed [0, 1] images, normalised as this project's models do."""
+    """A peer segmentation model fed [0, 1] images, normalised as this project's models do.
 
-    def __init__(self, model: nn.Module) -> None:
+    Args:
+        model: The peer model.
+        key: The key of its output in the dict it returns (torchvision's ``"out"``); ``None`` for a tensor (smp).
+    """
+
+    def __init__(self, model: nn.Module, key: str | None = "out") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.key = model, key
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model((image - self.mean) / self.std)["out"]
+        output = self.model((image - self.mean) / self.std)
+        return output if self.key is None else output[self.key]
 
 
-class SeparateModels(nn.Module):
-    """Two single-task torchvision DeepLabV3 models: segmentation, and depth (one channel, softplus)."""
+class PeerPair(nn.Module):
+    """Two single-task peer models: segmentation, and depth (one channel made positive: softplus + 1e-3).
 
-    def __init__(self) -> None:
+    Args:
+        build: Builds one peer model for a number of output channels.
+    """
+
+    def __init__(self, build: Callable[[int], nn.Module]) -> None:
         super().__init__()
-        self.seg = Normalized(torchvision_deeplabv3(NUM_CLASSES))
-        self.depth = Normalized(torchvision_deeplabv3(1))
+        self.seg, self.depth = build(NUM_CLASSES), build(1)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"seg": self.seg(image), "depth": 1e-3 + F.softplus(self.depth(image))}
+
+
+def two_torchvision_models() -> PeerPair:
+    """The seg + depth baseline of section 2: two torchvision DeepLabV3 models."""
+    return PeerPair(lambda classes: Normalized(torchvision_deeplabv3(classes)))
 
 
 def torchvision_deeplabv3(num_classes: int) -> nn.Module:
@@ -88,12 +103,12 @@ def randomise_batch_norm(model: nn.Module, generator: torch.Generator) -> None:
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
 
 
-def multitask_model(variant: str) -> MultiTaskModel:
+def multitask_model(variant: str, backbone: str = "resnet50") -> MultiTaskModel:
     """This project's seg + depth model with the named depth-head variant (see ``DEPTH_HEADS``)."""
     spec = DEPTH_HEADS[variant]
     tasks = {"seg": spec.get("seg", SEG_TASK), "depth": {"kind": "depth", "head": spec["depth"]}}
     return create_model(
-        "resnet50", output_stride=8, tasks=tasks, shared_trunk=spec.get("shared_trunk"), out_indices=spec.get("out_indices", DEEPEST)
+        backbone, output_stride=8, tasks=tasks, shared_trunk=spec.get("shared_trunk"), out_indices=spec.get("out_indices", DEEPEST)
     )
 
 
@@ -116,9 +131,10 @@ def inference_options(settings: Settings) -> dict[str, dict[str, bool]]:
 
 
 def fast_option(settings: Settings) -> str:
-    """The option set the ``Predictor`` uses by default: BN folding and channels_last, plus bf16 autocast on a
-    GPU that computes bf16 natively (on the CPU bf16 stays an option: float32 keeps the model's function)."""
-    return "+ bf16 autocast" if settings.device.type == "cuda" and native_bf16(settings.device) else "+ channels_last"
+    """The option set the ``Predictor`` uses by default: BN folding and channels_last, plus bf16 autocast where its
+    default precision resolves to bf16 on this device."""
+    default = resolve_precision(DEFAULT_PRECISION, settings.device, "torch")
+    return "+ bf16 autocast" if default == "bf16" and native_bf16(settings.device) else "+ channels_last"
 
 
 def prepare(model: nn.Module, options: Mapping[str, bool], *, inplace: bool = False) -> nn.Module:
@@ -215,7 +231,7 @@ def _inference_peak(variant: str, options: dict[str, bool], batch: int, size: in
     """Runs in a fresh process: builds one configuration and runs two forward passes (see ``in_fresh_process``)."""
     torch.set_num_threads(threads)
     device = torch.device(device_type)
-    model = SeparateModels() if variant == "two torchvision models" else multitask_model(variant)
+    model = two_torchvision_models() if variant == "two torchvision models" else multitask_model(variant)
     model = prepare(model.to(device), options, inplace=True)
     run = forward_call(model, _image(batch, size, device), options)
     for _ in range(2):
@@ -228,7 +244,7 @@ def run_multitask(settings: Settings, matmul: Mapping[str, float]) -> dict[str, 
     device, batch = settings.device, settings.multitask_batch
     fast = inference_options(settings)[fast_option(settings)]
     torch.manual_seed(0)
-    baseline = SeparateModels().to(device).eval()
+    baseline = two_torchvision_models().to(device).eval()
     variants = {name: multitask_model(name).to(device).eval() for name in DEPTH_HEADS}
     flops = {"two torchvision models": count_flops(forward_call(baseline, _image(1, settings.size, device), {}))}
     flops.update({name: count_flops(forward_call(m, _image(1, settings.size, device), {})) for name, m in variants.items()})

@@ -135,3 +135,27 @@ def in_fresh_process(task: Callable[..., dict], *args: Any, device: torch.device
     context.set_forkserver_preload(_PRELOAD)
     with context.Pool(processes=1, maxtasksperchild=1) as pool:
         return pool.apply(_child, (task, args, device.type))
+
+
+def main() -> None:
+    """``python -m benchmarks.measure [--threads N]``: prints this machine's matrix-multiply throughput, the figure
+    every published time is quoted with (run it in the same session as the timed command)."""
+    import argparse
+
+    from multitask_deeplab.runtime.precision import native_bf16
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.measure", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--size", type=int, default=2048, help="side of the square matrices")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if native_bf16(cpu) else {})}
+    for name, dtype in dtypes.items():
+        rate = matmul_throughput(device=cpu, dtype=dtype, size=args.size)["flop_per_s"]
+        print(f"{name} matrix multiply: {rate / 1e9:.0f} GFLOP/s ({args.size}^2, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()

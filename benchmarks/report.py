@@ -10,6 +10,9 @@ MULTITASK_MEMORY_TARGET = 0.65
 CHECKPOINT_MEMORY_TARGET = 0.60  # at least 40% lower peak memory ...
 CHECKPOINT_TIME_TARGET = 1.35  # ... for at most 35% more time per step
 FLOP_UTILISATION_TARGET = 0.9
+PEER_SEG_TARGET = 0.6  # ours / the fastest peer, seg only, same generic options
+PEER_MULTITASK_TARGET = 0.4  # ours / the fastest pair of peer models, seg + depth, same generic options
+SAME_OPTIONS = "same options"
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -18,6 +21,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(target: str, measured: str, met: bool) -> None:
         rows.append({"target": target, "measured": measured, "met": met})
+
+    peers = results.get("peers")
+    if peers:
+        accuracy = results.get("precision", {}).get("candidates")
+        for group, section in peers["groups"].items():
+            bound = PEER_MULTITASK_TARGET if group == "seg + depth" else PEER_SEG_TARGET
+            for batch, timings in section["regimes"][SAME_OPTIONS].items():
+                eligible = [name for name in peers["ours"] if name != "ours" and _accurate(peers["ours"][name], accuracy)]
+                best = min(eligible, key=lambda name: timings["rows"][name]["ratio_to_best_peer"])
+                ratio = timings["rows"][best]["ratio_to_best_peer"]
+                note = "" if accuracy else "; bf16/int8 count once the precision section has passed them"
+                add(
+                    f"{group}, batch {batch}, same options: ours / fastest peer <= {bound} (fp32, or bf16/int8 passing the accuracy bars)",
+                    f"{ratio:.3f} ({best} vs {timings['best_peer']}{note})",
+                    ratio <= bound,
+                )
 
     seg = results.get("inference")
     if seg:
@@ -58,6 +77,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _accurate(spec: list[str], accuracy: dict[str, Any] | None) -> bool:
+    """Whether ours with ``[backend, precision]`` may count for a target: float32, or a precision that the precision
+    section measured and passed."""
+    backend, precision = spec
+    if precision == "fp32":
+        return True
+    row = (accuracy or {}).get(f"{backend} {precision}")
+    return bool(row and row.get("passes"))
+
+
 def _change(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f}%"
 
@@ -75,13 +104,20 @@ def _s(seconds: float) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """All sections present in ``results`` as markdown."""
     settings, machine = results["settings"], results["machine"]
+    fp32 = results["matmul"]["fp32"]
     parts = [
         "# Benchmark results",
+        f"**fp32 matrix multiply: {fp32['flop_per_s'] / 1e9:.0f} GFLOP/s** ({fp32['size']}^2, same run): times scale with it.",
         f"{machine['device_name']}, {settings['threads']} threads; torch {machine['torch']}, torchvision {machine['torchvision']}, "
         f"timm {machine['timm']}{'; QUICK MODE: tiny sizes, the targets do not apply' if settings['quick'] else ''}. Inference times are medians of "
         f"{settings['repeats']} timed rounds after {settings['warmup']} warm-up rounds, models taking turns in each round; "
         "the ratio of minimums is given too, as it is the least sensitive to other processes on the machine.",
     ]
+    if "peers" in results:
+        parts.append(_headline(results["peers"], results.get("precision")))
+        parts.append(_peers(results["peers"], settings))
+    if "precision" in results:
+        parts.append(_precision(results["precision"]))
     if "inference" in results:
         parts.append(_seg_only(results["inference"], settings))
     if "multitask" in results:
@@ -211,4 +247,85 @@ def _accuracy(section: dict[str, Any]) -> str:
     return (
         f"## Depth heads: accuracy after a short run ({section['backbone']}, stride 8, {section['size']}x{section['size']}, "
         f"{section['steps']} steps, val split)\n\n" + _table(["depth head", "seg mIoU", "depth abs_rel", "depth delta1", "train s"], rows)
+    )
+
+
+def _precision_columns(spec: list[str], accuracy: dict[str, Any] | None) -> list[str]:
+    """Agreement with float32, metric changes and the verdict of ours at ``[backend, precision]``, from the precision
+    section (``-`` where it did not run)."""
+    row = (accuracy or {}).get(" ".join(spec))
+    if row is None:
+        return ["-", "-", "-"]
+    agreement = ", ".join(_measure(key, value) for key, value in row.get("agreement", {}).items()) or "reference"
+    changes = ", ".join(f"{key} {value:+.4f}" for key, value in row["changes"].items())
+    return [agreement, changes, "yes" if row.get("passes", True) else "**no**"]
+
+
+def _measure(key: str, value: float) -> str:
+    task, _, measure = key.rpartition(".")
+    return f"{task} {value:.2f}°" if measure == "angle_deg" else f"{task} {100 * value:.2f} %"
+
+
+def _headline(section: dict[str, Any], precision: dict[str, Any] | None) -> str:
+    accuracy = (precision or {}).get("candidates")
+    rows = []
+    for group, result in section["groups"].items():
+        for regime, batches in result["regimes"].items():
+            for batch, timings in batches.items():
+                names = ["ours"] if regime != SAME_OPTIONS else [name for name in section["ours"] if name != "ours"]
+                for name in names:
+                    spec = section["ours"][name]
+                    row = timings["rows"][name]
+                    rows.append([
+                        group, regime, batch, f"{name} ({' '.join(spec)})" if name == "ours" else name, timings["best_peer"],
+                        f"**{row['ratio_to_best_peer']:.3f}**", f"{row['ratio_of_minimums']:.3f}", *_precision_columns(spec, accuracy),
+                    ])
+    return (
+        "## Headline: ours / the fastest peer\n\n"
+        f"Same options: {section['options']} for every model. Agreement and metric changes: ours at that precision on the "
+        "default recipe's trained model over its val split (the precision section); the targets count bf16 and int8 only "
+        "where they pass its bars.\n\n"
+        + _table(["group", "regime", "batch", "ours", "fastest peer", "ours / peer", "(of minimums)", "agreement with fp32",
+                  "metric change", "passes the bars"], rows)
+    )
+
+
+def _peers(section: dict[str, Any], settings: dict[str, Any]) -> str:
+    rows = []
+    for group, result in section["groups"].items():
+        for regime, batches in result["regimes"].items():
+            for batch, timings in batches.items():
+                for name, t in timings["rows"].items():
+                    flops = result["flops_per_image"].get(name if name in result["peers"] else "ours")
+                    rows.append([
+                        group, regime, batch, name, f"{flops / 1e9:.1f}", _s(t["median_s"]), _s(t["min_s"]),
+                        f"{t['ratio_to_best_peer']:.3f}", f"{t['ratio_of_minimums']:.3f}",
+                    ])
+    return (
+        f"## 0. Against the peers ({settings['size']}x{settings['size']}, {settings['encoder']})\n\n"
+        "torchvision `deeplabv3_resnet50` (ResNet-50 runs only) and segmentation_models_pytorch `DeepLabV3`/`DeepLabV3Plus` "
+        f"with the `tu-{settings['encoder']}` encoder, each with its defaults, random weights. As shipped: the peers in eval mode, float32; ours "
+        "through the Predictor's default backend and precision. Same options: "
+        f"{section['options']} for every model, and ours at every precision and backend.\n\n"
+        + _table(["group", "regime", "batch", "model", "GFLOP / image", "median s", "min s", "/ fastest peer", "(of minimums)"], rows)
+    )
+
+
+def _precision(section: dict[str, Any]) -> str:
+    if "skipped" in section:
+        return f"## 7. Precision and backends: accuracy\n\nSkipped: {section['skipped']}."
+    rows = []
+    for name, row in section["candidates"].items():
+        metrics = ", ".join(f"{key} {row['metrics'][key]:.4f}" for key in row["changes"])
+        rows.append([name, row["device"], metrics, *_precision_columns(name.split(" "), section["candidates"])])
+    bf16 = section["candidates"]["torch bf16"]
+    verdict = (
+        f"**precision=auto may become the default: {'yes' if section['auto_may_be_default'] else 'no'}** "
+        f"(bf16 {'is' if section['bf16_native'] else 'is not'} native on this device)."
+    )
+    return (
+        f"## 7. Precision and backends: accuracy (`{section['checkpoint']}`, {section['val_images']} val images)\n\n"
+        f"Bars: segmentation pixel agreement with float32 >= {100 * section['bars']['agreement']:.1f} %, depth AbsRel "
+        f"change <= {section['bars']['abs_rel']}. {verdict} bf16 passes: {bf16['passes']}.\n\n"
+        + _table(["run", "device", "val metrics", "agreement with fp32", "change from fp32", "passes the bars"], rows)
     )

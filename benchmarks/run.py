@@ -27,12 +27,14 @@ from benchmarks import report
 from benchmarks.data_pipeline import run_data
 from benchmarks.inference import run_multitask, run_seg_only
 from benchmarks.measure import matmul_throughput
+from benchmarks.peers import run_peers
+from benchmarks.precision import run_precision
 from benchmarks.settings import Settings
 from benchmarks.training import run_accuracy, run_training
 from benchmarks.weighting import run_weighting
 from multitask_deeplab.runtime.precision import native_bf16
 
-SECTIONS = ("inference", "multitask", "training", "weighting", "data", "accuracy")
+SECTIONS = ("peers", "precision", "inference", "multitask", "training", "weighting", "data", "accuracy")
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -61,8 +63,16 @@ def run(settings: Settings, out: Path) -> dict[str, Any]:
         for name, dtype in dtypes.items()
     }
     rates = {name: m["flop_per_s"] for name, m in matmul.items()}
+    print(
+        f"[benchmark] fp32 matrix multiply on {settings.device.type} ({settings.threads} threads, {settings.matmul_size}^2): "
+        f"{rates['fp32'] / 1e9:.0f} GFLOP/s; scale every time below by it",
+        file=sys.stderr,
+        flush=True,
+    )
     results: dict[str, Any] = {"settings": settings.to_dict(), "machine": machine(settings.device), "matmul": matmul}
     runners = {
+        "peers": lambda: run_peers(settings),
+        "precision": lambda: run_precision(settings),
         "inference": lambda: run_seg_only(settings, rates),
         "multitask": lambda: run_multitask(settings, rates),
         "training": lambda: run_training(settings),
@@ -104,10 +114,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; quick 1)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on a CPU)")
     parser.add_argument("--accuracy-steps", type=int, default=None, help="steps of each short accuracy run (default 150; 0 skips them)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained model for the precision section (the default recipe's; without it a full run skips it)"
+    )
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
-    changes: dict[str, Any] = {"device": device, "compile": args.compile, "sections": tuple(args.sections)}
+    changes: dict[str, Any] = {"device": device, "compile": args.compile, "sections": tuple(args.sections), "checkpoint": args.checkpoint}
     for name in ("threads", "size", "repeats", "warmup"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

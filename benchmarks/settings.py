@@ -32,6 +32,7 @@ class Settings:
         device: Where models run (``cpu`` or ``cuda``).
         threads: CPU threads for torch (intra-op), the same in every measurement.
         size: Inference image side (square images).
+        encoder: The ResNet of the comparison with the peers (torchvision's peers exist for ResNet-50 only).
         batches: Inference batch sizes of the seg-only comparison.
         multitask_batch: Batch size of the seg + depth comparison.
         warmup: Untimed rounds before timing inference.
@@ -46,6 +47,8 @@ class Settings:
         accuracy_steps: Training steps of each depth-head variant's short accuracy run (0 skips them).
         accuracy_size: Image side of those runs.
         accuracy_samples: Samples per split of those runs in quick mode (the full run uses the dataset's).
+        checkpoint: The trained model the precision section measures (the default recipe's); a quick run without
+            one trains a tiny model for it, a full run skips the section.
         sections: The sections to run.
     """
 
@@ -53,6 +56,7 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = field(default_factory=torch.get_num_threads)
     size: int = 512
+    encoder: str = "resnet50"
     batches: tuple[int, ...] = (1, 8)
     multitask_batch: int = 1
     warmup: int = 2
@@ -67,13 +71,14 @@ class Settings:
     accuracy_steps: int = 150
     accuracy_size: int = 64
     accuracy_samples: int = 8
-    sections: tuple[str, ...] = ("inference", "multitask", "training", "weighting", "data", "accuracy")
+    checkpoint: str | None = None
+    sections: tuple[str, ...] = ("peers", "precision", "inference", "multitask", "training", "weighting", "data", "accuracy")
 
     @classmethod
     def tiny(cls, **changes: object) -> Settings:
         """The ``--quick`` settings: everything runs, at sizes that take seconds."""
         quick = dict(
-            quick=True, size=64, batches=(1, 2), warmup=1, repeats=2, matmul_size=256, memory_repeats=1,
+            quick=True, size=64, encoder="resnet18", batches=(1, 2), warmup=1, repeats=2, matmul_size=256, memory_repeats=1,
             default_train=TrainSize(size=32, batch=2, warmup=0, steps=1),
             resnet50_train=TrainSize(size=32, batch=2, warmup=0, steps=1),
             weighting_train=TrainSize(size=32, batch=2, warmup=0, steps=1),

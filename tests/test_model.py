@@ -1,12 +1,11 @@
 import pytest
 import torch
 
-from multitask_deeplab.engine.features import forward_with_shared_features
+from multitask_deeplab.engine.features import SharedFeatures, forward_with_shared_features
 from multitask_deeplab.models.backbone import TimmBackbone
 from multitask_deeplab.models.heads import HEADS, DenseHead
 from multitask_deeplab.models.heads.aspp import ASPP, default_rates
 from multitask_deeplab.models.model import MultiTaskModel
-from multitask_deeplab.weighting.gradients import SharedFeatures
 
 HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 3}
 SMALL = {"channels": 16}

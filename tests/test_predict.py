@@ -139,9 +139,9 @@ def test_inference_options_keep_the_function_and_leave_the_model_alone(trained, 
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
 
 
-def test_bf16_is_off_on_the_cpu_unless_asked_and_then_close(trained, predictor):
-    assert predictor.bf16 is False
-    bf16 = Predictor.from_checkpoint(trained[0], "cpu", bf16=True)
+def test_bf16_runs_when_asked_and_stays_close(trained, predictor):
+    bf16 = Predictor.from_checkpoint(trained[0], "cpu", precision="bf16")
+    assert bf16.precision == "bf16"
     image = torch.rand(3, 48, 64)
     low, full = bf16(image, probabilities=True), predictor(image, probabilities=True)
     assert low["depth"].dtype == np.float32

@@ -132,7 +132,7 @@ def test_unknown_keys_suggest_the_closest() -> None:
         ("model: {mean: [0.5, a, 0.5]}", "model.mean[1]: expected float, got 'a' (str)"),
         ("model: {mean: 0.5}", "model.mean: expected list[float], got 0.5 (float)"),
         ("model: {pretrained: 3}", "model.pretrained: expected bool or str, got 3 (int)"),
-        ("train: 5", "train: expected a mapping of epochs, steps, batch_size, optimizer, lr, weight_decay, momentum, "
+        ("train: 5", "train: expected a mapping of epochs, steps, batch_size, accumulate_steps, optimizer, lr, weight_decay, momentum, "
          "schedule, poly_power, warmup_steps, amp, grad_clip, channels_last, seed, eval_interval, log_interval, "
          "output_dir, device, best_metric, nonfinite, max_skipped_steps, checkpoint_interval, grad_checkpointing, "
          "compile, sync_batchnorm, loggers, ema, early_stop, got 5"),

@@ -96,3 +96,29 @@ def test_resume_across_precisions(tmp_path, before, after):
     assert main([*common, "train.steps=2", f"train.amp={before}", "--no-progress"]) == 0
     assert main([*common, "train.steps=3", f"train.amp={after}", "--no-progress", "--resume", "auto"]) == 0
     assert load(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_accumulated_steps_resume_mid_epoch_bit_identically(tmp_path, capsys):
+    """``train.accumulate_steps=2`` at batch 4: 32 samples make 4 optimizer steps of 8 per epoch. A run stopped at
+    step 3 (micro-batch 6 of the epoch) and resumed skips exactly the 24 samples already seen: the same per-step
+    losses and final weights as a run straight through; resuming it with another accumulate_steps is refused."""
+    recipe = write_recipe(tmp_path)
+    common = ["train.accumulate_steps=2", "train.schedule=constant", "--no-progress"]
+    stopped = tmp_path / "resumed"
+    assert main(["train", str(recipe), f"train.output_dir={stopped}", "train.steps=3", *common]) == 0
+    state = load(stopped / "last.pt")
+    assert (state["epoch"], state["step"], state["step_in_epoch"]) == (0, 3, 3)
+    assert main(["train", str(recipe), f"train.output_dir={stopped}", "train.steps=6", *common, "--resume", "auto"]) == 0
+    assert main(["train", str(recipe), f"train.output_dir={tmp_path / 'straight'}", "train.steps=6", *common]) == 0
+    resumed, straight = read_steps(stopped), read_steps(tmp_path / "straight")
+    assert [row["step"] for row in straight] == [1, 2, 3, 4, 5, 6]
+    assert resumed == straight
+    a, b = load(stopped / "last.pt"), load(tmp_path / "straight" / "last.pt")
+    assert (a["epoch"], a["step_in_epoch"]) == (b["epoch"], b["step_in_epoch"]) == (1, 2)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert main(["train", str(recipe), f"train.output_dir={tmp_path / 'other'}", "train.steps=3", *common]) == 0
+    other = [arg.replace("accumulate_steps=2", "accumulate_steps=1") for arg in common]
+    capsys.readouterr()
+    assert main(["train", str(recipe), f"train.output_dir={tmp_path / 'other'}", "train.steps=6", *other, "--resume", "auto"]) == 2
+    assert "stopped inside an epoch with train.accumulate_steps=2; resume with the same value (got 1)" in capsys.readouterr().err

@@ -24,16 +24,6 @@ def recipe_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("strategy", WEIGHTINGS.names())
-def test_every_strategy_trains_two_steps(recipe_file, tmp_path, strategy):
-    out = tmp_path / strategy
-    assert main(["train", str(recipe_file), *FAST, f"weighting.type={strategy}", f"train.output_dir={out}", "--no-progress"]) == 0
-    state = torch.load(out / "last.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"weight.seg", "weight.depth"} <= row.keys(), "task weights are logged"
-
-
 def test_task_weights_a_strategy_ignores_get_a_note(recipe_file, tmp_path, capsys):
     weights = ["tasks.depth.weight=2", "tasks.seg.weight=0.5"]
     out = ["--no-progress"]
@@ -79,10 +69,17 @@ def test_baselines_then_sweep_reports_delta_m(recipe_file, tmp_path, capsys):
 
 
 def test_sweep_all_trains_every_strategy_fixed_first(recipe_file, tmp_path):
+    """Every registered strategy trains two real steps: finite weights, its task weights logged."""
     out = tmp_path / "run"
     assert main(["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--weightings", "all", "--no-progress"]) == 0
     rows = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [row["weighting"] for row in rows] == ["fixed", *(name for name in WEIGHTINGS.names() if name != "fixed")]
+    for strategy in WEIGHTINGS.names():
+        state = torch.load(out / "sweep" / strategy / "last.pt", weights_only=True)
+        assert state["step"] == 2 and state["skipped_steps"] == 0, strategy
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()), strategy
+        row = json.loads((out / "sweep" / strategy / "metrics.jsonl").read_text().splitlines()[-1])
+        assert {"weight.seg", "weight.depth"} <= row.keys(), f"{strategy}: task weights are logged"
 
 
 def test_sweep_rejects_an_unknown_strategy_before_training(recipe_file, tmp_path, capsys):
@@ -134,3 +131,17 @@ def test_a_bad_grid_fails_before_anything_trains(recipe_file, tmp_path, capsys, 
     assert main(["sweep", str(recipe_file), f"train.output_dir={tmp_path / 'run'}", "--grid", grid]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_on_the_features_trains_the_representation_level_variants(recipe_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--gradients", "features", "--no-progress"]
+    assert main([*args, "--weightings", "fixed", "pcgrad", "moco"]) == 2
+    assert "--gradients features: moco has no such variant; leave it out of --weightings" in capsys.readouterr().err
+    assert not (out / "sweep").exists()
+    assert main([*args, "--weightings", "fixed", "pcgrad"]) == 0
+    rows = json.loads((out / "sweep" / "sweep-features.json").read_text())
+    assert [row["weighting"] for row in rows] == ["fixed", "pcgrad@features"]
+    state = torch.load(out / "sweep" / "pcgrad@features" / "last.pt", weights_only=True)
+    assert state["recipe"]["weighting"] == {"type": "pcgrad", "gradients": "features"}
+    assert not (out / "sweep" / "sweep.json").exists(), "the default-level table is not overwritten"

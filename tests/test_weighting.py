@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
-import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_weighting import exact_min_norm, pcgrad_vectors, simplex_grid
 from torch import Tensor, nn
 
 from multitask_deeplab import create_model
-from multitask_deeplab.engine.features import forward_with_shared_features
+from multitask_deeplab.engine.backward import Accumulation, all_reduce_grads_, all_reduce_mean_, ddp_syncs, mtl_backward
+from multitask_deeplab.engine.features import SharedFeatures, forward_with_shared_features
 from multitask_deeplab.tasks import DepthTask, NormalsTask, SegmentationTask
 from multitask_deeplab.weighting import WEIGHTINGS, Weighting
-from multitask_deeplab.weighting.gradients import SharedFeatures, all_reduce_grads_, all_reduce_mean_
 from multitask_deeplab.weighting.solvers import (
     adam_step_,
     aligned_mtl_matrix,
     cagrad_weights,
+    fair_coefficients,
     min_norm_coefficients,
-    nash_coefficients,
     pcgrad_projection,
 )
 
 TASKS = ["seg", "depth"]
 KINDS = {"seg": SegmentationTask(num_classes=3), "depth": DepthTask()}
-GRADIENT_LEVEL = ["aligned_mtl", "cagrad", "imtl", "mgda", "nash_mtl", "pcgrad"]
-LOSS_LEVEL = ["dwa", "famo", "fixed", "gls", "gradnorm", "rlw", "uncertainty"]
+GRADIENT_LEVEL = [
+    "aligned_mtl", "cagrad", "config", "cr_mogm", "db_mtl", "dualproj", "excess_mtl", "fairgrad", "graddrop", "gradvac",
+    "imtl", "mgda", "moco", "modo", "nash_mtl", "pcd", "pcgrad", "sdmgrad", "upgrad",
+]  # fmt: skip
+LOSS_LEVEL = ["dwa", "famo", "fixed", "gls", "gradnorm", "imtl_l", "rlw", "stch", "uncertainty"]
+PARAMS_ONLY = ["db_mtl", "excess_mtl", "moco", "modo", "sdmgrad"]  # state per gradient coordinate, or double sampling
+KEEPS_ABSENT_TASKS = ["cr_mogm", "db_mtl", "excess_mtl", "graddrop", "moco", "modo", "sdmgrad"]  # weights with memory
 
 
 def build(name: str, tasks: list[str] = TASKS, **args: object) -> Weighting:
@@ -69,19 +75,28 @@ def task_losses(
 
 
 def train_step(
-    strategy: Weighting, model: nn.Module, batch: dict[str, Tensor], *, scaler=None, empty_depth=False, net=None
+    strategy: Weighting, model: nn.Module, batch: dict[str, Tensor], *, scaler=None, empty_depth=False, net=None, micro: int = 1
 ) -> None:
-    """One backward (and FAMO's post-step hook); ``net`` runs the forward (a DDP wrapper of ``model``)."""
+    """One optimizer step's backward over ``micro`` equal micro-batches (and FAMO's post-step hook); ``net`` runs
+    the forward (a DDP wrapper of ``model``), inside ``no_sync()`` when the driver says so."""
     net = net or model
     model.zero_grad(set_to_none=True)
-    features, losses = task_losses(net, batch, return_features=strategy.needs_features, empty_depth=empty_depth)
-    strategy.backward(
-        losses,
-        shared_parameters=list(model.trunk.parameters()),
-        head_parameters=list(model.heads.parameters()),
-        features=features,
-        scaler=scaler,
-    )
+    accumulation = Accumulation(micro)
+    size = len(batch["image"]) // micro
+    for i in range(micro):
+        part = {key: value[i * size : (i + 1) * size] for key, value in batch.items()}
+        sync = contextlib.nullcontext() if not isinstance(net, nn.parallel.DistributedDataParallel) or ddp_syncs(strategy, accumulation) else net.no_sync()
+        with sync:
+            features, losses = task_losses(net, part, return_features=strategy.needs_features, empty_depth=empty_depth)
+            mtl_backward(
+                losses,
+                weighting=strategy,
+                shared_parameters=list(model.trunk.parameters()),
+                head_parameters=list(model.heads.parameters()),
+                features=features,
+                scaler=scaler,
+                accumulation=accumulation,
+            )
     if strategy.needs_post_step_losses:
         with torch.no_grad():
             strategy.after_step(task_losses(net, batch, empty_depth=empty_depth)[1])
@@ -98,7 +113,7 @@ def linear_step(
     shared = SharedFeatures([feature], [feature.detach().requires_grad_()])
     read = shared.leaves[0] if strategy.needs_features else feature
     losses = {f"t{i}": g @ read + 2.0 * h + 1.0 for i, (g, h) in enumerate(zip(grads, heads))}
-    strategy.backward(losses, shared_parameters=[theta], head_parameters=heads, features=shared, scaler=scaler)
+    mtl_backward(losses, weighting=strategy, shared_parameters=[theta], head_parameters=heads, features=shared, scaler=scaler)
     return theta.grad, [h.grad for h in heads]
 
 
@@ -106,43 +121,16 @@ def names(k: int) -> list[str]:
     return [f"t{i}" for i in range(k)]
 
 
-def exact_min_norm(gram: Tensor) -> Tensor:
-    """Brute force: the best KKT solution over every face of the simplex."""
-    k, best = gram.shape[0], None
-    for r in range(1, k + 1):
-        for face in itertools.combinations(range(k), r):
-            idx = list(face)
-            kkt = torch.zeros(r + 1, r + 1, dtype=gram.dtype)
-            kkt[:r, :r], kkt[:r, r], kkt[r, :r] = gram[idx][:, idx], 1.0, 1.0
-            rhs = torch.zeros(r + 1, dtype=gram.dtype)
-            rhs[r] = 1.0
-            x = torch.linalg.lstsq(kkt, rhs).solution[:r]
-            if (x < -1e-12).any():
-                continue
-            w = torch.zeros(k, dtype=gram.dtype)
-            w[idx] = x
-            if best is None or w @ gram @ w < best @ gram @ best:
-                best = w
-    return best
-
-
-def simplex_grid(k: int, n: int) -> Tensor:
-    points = [p for p in itertools.product(range(n + 1), repeat=k - 1) if sum(p) <= n]
-    return torch.tensor([[*p, n - sum(p)] for p in points], dtype=torch.float64) / n
-
-
 # --- every strategy -------------------------------------------------------------------------------------------
 
 
 def test_registry_holds_every_strategy() -> None:
     assert WEIGHTINGS.names() == sorted(GRADIENT_LEVEL + LOSS_LEVEL)
-    for name in GRADIENT_LEVEL:
-        assert build(name).reduces_gradients_itself
-    for name in LOSS_LEVEL:
-        assert not build(name).reduces_gradients_itself
+    assert [n for n in WEIGHTINGS.names() if build(n).level == "gradient"] == sorted(GRADIENT_LEVEL)
+    assert [n for n in WEIGHTINGS.names() if build(n).level == "loss"] == sorted(LOSS_LEVEL)
     assert [n for n in WEIGHTINGS.names() if build(n).needs_post_step_losses] == ["famo"]
-    assert [n for n in WEIGHTINGS.names() if build(n).needs_features] == ["mgda"]
-    assert not build("mgda", mode="params").needs_features
+    assert [n for n in WEIGHTINGS.names() if build(n).needs_features] == ["graddrop", "mgda"]
+    assert not build("mgda", gradients="params").needs_features
 
 
 @pytest.mark.parametrize("name", sorted(GRADIENT_LEVEL + LOSS_LEVEL))
@@ -159,7 +147,7 @@ def test_two_steps_give_finite_grads_even_with_an_empty_task(name: str) -> None:
         strategy.end_epoch({"seg": 1.0 + step, "depth": 2.0})
         weights = strategy.task_weights()
         assert list(weights) == TASKS and all(math.isfinite(w) for w in weights.values())
-    if name in GRADIENT_LEVEL:  # the empty task is left out of the combination
+    if name in GRADIENT_LEVEL and name not in KEEPS_ABSENT_TASKS:  # the empty task is left out of the combination
         assert strategy.task_weights()["depth"] == 0.0
 
 
@@ -201,27 +189,38 @@ def test_grad_scaler_gives_the_same_gradients(name: str) -> None:
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_non_finite_gradients_fall_back_to_the_plain_sum() -> None:
-    strategy = build("imtl")
-    coefs = strategy.coefficients(torch.full((2, 2), math.inf), torch.ones(2), 1.0)
-    assert coefs.tolist() == [1.0, 1.0]
+@pytest.mark.parametrize("name", ["imtl", "nash_mtl"])
+def test_an_overflowing_gram_matrix_falls_back_to_the_plain_sum(name: str) -> None:
+    """fp16-style overflow: the scaled gradients are finite, their Gram matrix is not. The update is the plain
+    (scaled) sum, which the GradScaler's inf check then handles, and the strategy's state is left alone."""
+    strategy = build(name, names(2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    grads = torch.tensor([[3.0, 1.0], [-1.0, 2.0]])
+    shared, heads = linear_step(strategy, grads, scaler=scaler)
+    assert torch.isfinite(shared).all()
+    torch.testing.assert_close(shared, grads.sum(0) * 2.0**100)
+    assert strategy.task_weights() == {"t0": 1.0, "t1": 1.0}
+    if name == "nash_mtl":
+        assert strategy.alpha.tolist() == [1.0, 1.0]
 
 
 def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match=r"losses must name exactly the tasks \['seg', 'depth'\]"):
-        build("fixed").backward({"seg": torch.ones(())}, shared_parameters=[], head_parameters=[])
+        mtl_backward({"seg": torch.ones(())}, weighting=build("fixed"), shared_parameters=[], head_parameters=[])
     with pytest.raises(ValueError, match="weights must name exactly"):
         build("fixed", weights={"seg": 1.0})
     with pytest.raises(ValueError, match=r"dwa temperature must lie in \(0.0, inf\], got 0"):
         build("dwa", temperature=0)
     with pytest.raises(ValueError, match="update_weights_every must be an integer >= 1"):
         build("nash_mtl", update_weights_every=0)
-    with pytest.raises(ValueError, match="mode must be one of"):
-        build("mgda", mode="rep")
-    with pytest.raises(ValueError, match="needs the backbone's output features"):
+    with pytest.raises(ValueError, match="gradients must be one of 'params', 'features', got 'feature': did you mean features"):
+        build("pcgrad", gradients="feature")
+    with pytest.raises(ValueError, match="needs the shared features"):
         model = TinyNet()
         _, losses = task_losses(model, make_batch())
-        build("mgda").backward(losses, shared_parameters=list(model.trunk.parameters()), head_parameters=[])
+        mtl_backward(losses, weighting=build("mgda"), shared_parameters=list(model.trunk.parameters()), head_parameters=[])
+    with pytest.raises(ValueError, match="Bare must subclass LossWeighting or GradientWeighting"):
+        type("Bare", (Weighting,), {})(task_names=TASKS)
     with pytest.raises(ValueError, match="distinct names"):
         WEIGHTINGS.build({"type": "fixed"}, task_names=["a", "a"])
 
@@ -248,7 +247,7 @@ def test_uncertainty_log_variances_reach_the_log_noise_levels() -> None:
         optimizer.zero_grad()
         errors = (heads(trunk(x)) - targets) ** 2
         losses = {"t0": errors[:, 0].mean(), "t1": errors[:, 1].mean()}
-        strategy.backward(losses, shared_parameters=list(trunk.parameters()), head_parameters=list(heads.parameters()))
+        mtl_backward(losses, weighting=strategy, shared_parameters=list(trunk.parameters()), head_parameters=list(heads.parameters()))
         optimizer.step()
     # regression form: the optimum is s = log L, and L -> noise variance
     torch.testing.assert_close(strategy.log_vars.detach(), torch.log(noise**2), atol=0.15, rtol=0)
@@ -258,7 +257,7 @@ def test_uncertainty_log_variances_reach_the_log_noise_levels() -> None:
 def test_uncertainty_uses_the_classification_form_for_segmentation() -> None:
     strategy = build("uncertainty")
     losses = {"seg": torch.tensor(2.0, requires_grad=True), "depth": torch.tensor(3.0, requires_grad=True)}
-    strategy.backward(losses, shared_parameters=[], head_parameters=[])
+    mtl_backward(losses, weighting=strategy, shared_parameters=[], head_parameters=[])
     assert strategy.task_weights() == {"seg": 1.0, "depth": 0.5}
     assert [losses["seg"].grad.item(), losses["depth"].grad.item()] == [1.0, 0.5]
     assert strategy.log_vars.grad.tolist() == [0.5 - 2.0, 0.5 - 0.5 * 3.0]  # d/ds of factor e^-s L + s/2
@@ -299,7 +298,7 @@ def test_rlw_weights_are_random_normalised_and_reproducible() -> None:
 def test_gls_gradient_is_that_of_the_geometric_mean() -> None:
     values = torch.tensor([0.5, 2.0, 8.0], requires_grad=True)
     strategy = build("gls", names(3))
-    strategy.backward(dict(zip(names(3), values)), shared_parameters=[], head_parameters=[])
+    mtl_backward(dict(zip(names(3), values)), weighting=strategy, shared_parameters=[], head_parameters=[])
     reference = values.detach().clone().requires_grad_()
     reference.prod().pow(1 / 3).backward()
     torch.testing.assert_close(values.grad, reference.grad)
@@ -318,7 +317,7 @@ def test_gradnorm_equalises_gradient_norms_of_very_different_tasks() -> None:
 
     shared, head = list(trunk.parameters()), list(heads.parameters())
     for _ in range(300):  # the network is not stepped: losses stay put, so the target is equal norms
-        strategy.backward(losses(), shared_parameters=shared, head_parameters=head)
+        mtl_backward(losses(), weighting=strategy, shared_parameters=shared, head_parameters=head)
     norms = torch.stack([torch.autograd.grad(v, trunk.weight, retain_graph=True)[0].norm() for v in losses().values()])
     weighted = strategy.weights * norms
     assert norms[1] / norms[0] > 5
@@ -333,7 +332,7 @@ def test_famo_moves_weight_to_the_slowest_task_and_matches_the_reference() -> No
     loss = torch.tensor([1.0, 1.0])
     for _ in range(50):
         before = loss.clone().requires_grad_()
-        strategy.backward(dict(zip(names(2), before)), shared_parameters=[], head_parameters=[])
+        mtl_backward(dict(zip(names(2), before)), weighting=strategy, shared_parameters=[], head_parameters=[])
         z = torch.softmax(logits.detach(), 0)
         torch.testing.assert_close(before.grad, z / before.detach() / (z / before.detach()).sum())
         loss = loss * torch.tensor([0.9, 0.99])  # t0 improves fast, t1 slowly
@@ -375,14 +374,7 @@ def test_pcgrad_removes_conflicts() -> None:
 def test_pcgrad_gram_form_matches_the_vector_algorithm() -> None:
     grads = torch.randn(4, 6, dtype=torch.float64)
     coef = pcgrad_projection(grads @ grads.T, torch.Generator().manual_seed(3))
-    generator = torch.Generator().manual_seed(3)
-    projected = grads.clone()
-    for i in range(4):
-        for j in torch.randperm(4, generator=generator).tolist():
-            dot = projected[i] @ grads[j]
-            if j != i and dot < 0:
-                projected[i] -= dot / (grads[j] @ grads[j]) * grads[j]
-    torch.testing.assert_close(coef @ grads, projected)
+    torch.testing.assert_close(coef @ grads, pcgrad_vectors(grads, torch.Generator().manual_seed(3)))
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -391,7 +383,7 @@ def test_mgda_finds_the_min_norm_point(k: int, mode: str) -> None:
     generator = torch.Generator().manual_seed(k)
     for _ in range(5):
         grads, mixing = torch.randn(k, 4, generator=generator), torch.randn(4, 6, generator=generator)
-        shared, _ = linear_step(build("mgda", names(k), mode=mode), grads, mixing=mixing)
+        shared, _ = linear_step(build("mgda", names(k), gradients=mode), grads, mixing=mixing)
         solved = grads if mode == "features" else grads @ mixing  # MGDA-UB solves on the feature gradients
         best = exact_min_norm((solved @ solved.T).double()).float()
         torch.testing.assert_close(shared, best @ grads @ mixing, atol=1e-5, rtol=1e-4)
@@ -427,7 +419,7 @@ def test_mgda_features_mode_backpropagates_each_backbone_path_once(trunk: bool) 
 
     strategy = build("mgda")
     shared, losses = task_losses(model, batch, return_features=True)
-    strategy.backward(losses, shared_parameters=shared_params, head_parameters=head_params, features=shared)
+    mtl_backward(losses, weighting=strategy, shared_parameters=shared_params, head_parameters=head_params, features=shared)
     grads = [p.grad.clone() for p in [*shared_params, *head_params]]
     alpha = torch.tensor(list(strategy.task_weights().values()))
 
@@ -474,14 +466,14 @@ def test_cagrad_dual_is_minimised() -> None:
         def dual(w: Tensor) -> Tensor:
             return w @ gram @ b + 0.4 * (b @ gram @ b).sqrt() * ((w @ gram) * w).sum(-1).sqrt()
 
-        w = cagrad_weights(gram, 0.4)
+        w = cagrad_weights(gram, 0.4, owner="cagrad")
         assert dual(w).item() <= dual(grid).min().item() + 1e-9
 
 
 def test_cagrad_direction_follows_the_paper() -> None:
     grads = torch.randn(3, 5, dtype=torch.float64)
     shared, _ = linear_step(build("cagrad", names(3), c=0.4), grads.float())
-    w = cagrad_weights(grads @ grads.T, 0.4)
+    w = cagrad_weights(grads @ grads.T, 0.4, owner="cagrad")
     g0, gw = grads.mean(0), w @ grads
     expected = 3 * (g0 + 0.4 * g0.norm() / gw.norm() * gw) / (1 + 0.4**2)
     torch.testing.assert_close(shared, expected.float(), rtol=1e-4, atol=1e-6)
@@ -536,21 +528,41 @@ def test_nash_mtl_reuses_its_weights_between_updates() -> None:
     torch.testing.assert_close(shared, torch.tensor(alpha) @ second)
     assert [h.item() for h in heads] == [2.0, 2.0]
     linear_step(strategy, second)
-    torch.testing.assert_close(nash_coefficients((second @ second.T).double()).float(), strategy.weights)
+    torch.testing.assert_close(fair_coefficients((second @ second.T).double(), owner="nash_mtl").float(), strategy.weights)
 
 
 # --- torch.distributed ----------------------------------------------------------------------------------------
 
-DDP_STRATEGIES = ["imtl", "mgda", "gradnorm", "uncertainty", "gls", "famo"]
+DDP_STRATEGIES = [  # name, arguments, micro-batches per process, micro-batches of the single-process reference
+    ("imtl", {}, 1, 1),
+    ("mgda", {}, 1, 1),
+    ("nash_mtl", {"gradients": "features", "max_norm": 0.0}, 1, 1),  # the feature Gram's scale reaches the weights
+    ("pcgrad", {}, 2, 1),
+    ("upgrad", {}, 1, 1),
+    ("gradvac", {}, 1, 1),
+    ("graddrop", {"gradients": "params"}, 1, 1),  # the same draws on every process
+    ("pcd", {}, 1, 1),
+    ("moco", {}, 1, 1),
+    ("db_mtl", {}, 1, 1),
+    ("excess_mtl", {}, 1, 1),
+    ("modo", {}, 1, 2),  # double sampling: two processes are two independent batches, like two micro-batches
+    ("sdmgrad", {}, 2, 4),
+    ("gradnorm", {}, 1, 1),
+    ("uncertainty", {}, 2, 1),
+    ("gls", {}, 1, 1),
+    ("famo", {}, 1, 1),
+    ("stch", {}, 1, 1),
+    ("imtl_l", {}, 1, 1),
+]
 
 
 def _ddp_worker(rank: int, path: str) -> None:
     batch = make_batch(size=4, seed=1)
     references = {}
-    for name in DDP_STRATEGIES:  # single process, whole batch, before the group exists
+    for name, args, _, reference in DDP_STRATEGIES:  # single process, whole batch, before the group exists
         torch.manual_seed(0)
-        model, strategy = TinyNet(), build(name)
-        train_step(strategy, model, batch)
+        model, strategy = TinyNet(), build(name, **args)
+        train_step(strategy, model, batch, micro=reference)
         references[name] = ([p.grad for p in [*model.parameters(), *strategy.parameters()]], strategy.task_weights())
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
@@ -563,26 +575,30 @@ def _ddp_worker(rank: int, path: str) -> None:
         assert params[0].grad.tolist() == [1.5, 1.5] and params[1].grad.tolist() == [0.0, 0.0, 0.0]
 
         half = {key: value[2 * rank : 2 * rank + 2] for key, value in batch.items()}
-        for name in DDP_STRATEGIES:
+        for name, args, micro, _ in DDP_STRATEGIES:  # each process: half the batch, in ``micro`` micro-batches
             torch.manual_seed(0)
-            model, strategy = TinyNet(), build(name)
-            ddp = nn.parallel.DistributedDataParallel(model)
-            sync = ddp.no_sync() if strategy.reduces_gradients_itself else torch.enable_grad()
-            with sync:  # forward and backward inside no_sync for gradient-level strategies
-                train_step(strategy, model, half, net=ddp)
+            model, strategy = TinyNet(), build(name, **args)
+            train_step(strategy, model, half, net=nn.parallel.DistributedDataParallel(model), micro=micro)
             grads, weights = references[name]
             assert strategy.task_weights() == pytest.approx(weights, rel=1e-5), name
             for ours, ref in zip([p.grad for p in [*model.parameters(), *strategy.parameters()]], grads):
                 torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6, msg=name)
-
-        dwa = build("dwa")
-        for epoch in range(2):
-            dwa.end_epoch({"seg": 1.0 + rank + epoch, "depth": 2.0})
-        ratio = torch.tensor([2.5 / 1.5, 1.0])
-        assert list(dwa.task_weights().values()) == pytest.approx((2 * torch.softmax(ratio / 2, 0)).tolist())
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_distributed_training_matches_single_process_on_the_whole_batch(tmp_path) -> None:
     torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("name", sorted(set(GRADIENT_LEVEL) - set(PARAMS_ONLY)))
+def test_representation_level_variant_solves_on_the_feature_gradients(name: str) -> None:
+    """``gradients="features"``: the strategy's direction in feature space (what it returns when the features are
+    the parameters) backpropagated through the feature map ``f = M theta``, i.e. ``M^T d``."""
+    generator = torch.Generator().manual_seed(7)
+    grads, mixing = torch.randn(3, 4, generator=generator), torch.randn(4, 6, generator=generator)
+    on_features, _ = linear_step(build(name, names(3), gradients="features"), grads, mixing=mixing)
+    direction, _ = linear_step(build(name, names(3), gradients="params"), grads)
+    torch.testing.assert_close(on_features, mixing.T @ direction, rtol=1e-4, atol=1e-6)
+    on_params, _ = linear_step(build(name, names(3), gradients="params"), grads, mixing=mixing)
+    assert not torch.allclose(on_params, on_features, rtol=1e-3), "the parameter level solves on other gradients"

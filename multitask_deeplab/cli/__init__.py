@@ -52,7 +52,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.build import REGISTRIES, build_tasks
-    from multitask_deeplab.engine.sweep import format_sweep, parse_grid, save_sweep, sweep, sweep_points
+    from multitask_deeplab.engine.sweep import format_sweep, level_variants, parse_grid, save_sweep, sweep, sweep_points
 
     recipe = _load_checked(args)
     registry = REGISTRIES["weightings"]
@@ -61,14 +61,23 @@ def _sweep(args: argparse.Namespace) -> int:
         strategies = sorted(registry.names(), key=lambda name: name != "fixed")
     for strategy in strategies or ():
         registry.get(strategy)
-    points = sweep_points(recipe, strategies, grid=args.grid)
+    if args.gradients and not strategies:
+        raise ValueError(f"--gradients {args.gradients} chooses the level of the strategies of --weightings; give --weightings too")
+    if args.gradients:
+        strategies, left = level_variants(strategies, args.gradients)
+        if left and args.weightings != ["all"]:
+            raise ValueError(f"--gradients {args.gradients}: {', '.join(left)} has no such variant; leave it out of --weightings")
+        if left:
+            print(f"--gradients {args.gradients}: leaving out {', '.join(left)} (loss level, or no such variant)")
+    points = sweep_points(recipe, strategies, grid=args.grid, gradients=args.gradients)
     rows = sweep(recipe, points, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
     labels = [key for key, _ in parse_grid(args.grid)] + (["weighting"] if strategies else [])
     table = format_sweep(rows, columns, labels)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
-    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table)}")
+    name = f"sweep-{args.gradients}" if args.gradients else "sweep"
+    print(f"wrote {save_sweep(Path(recipe.train.output_dir) / 'sweep', rows, table, name)}")
     return 0
 
 
@@ -178,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--grid", nargs="+", default=[], metavar="KEY=V1,V2",
         help="recipe values to sweep, every combination once (e.g. train.lr=1e-3,2e-3 weighting.type=fixed,uncertainty)",
+    )
+    sweep.add_argument(
+        "--gradients", choices=("params", "features"),
+        help="train every gradient-level strategy on this level (rows name@level; with 'all', fixed and the strategies that have it)",
     )
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(run=_sweep)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
 SOURCE_HELP = "a checkpoint written by `mtdl train`, a folder written by save_pretrained, or a Hugging Face Hub repo id (org/name[@rev])"
+INT8_CHECK_IMAGES = 16
+"""Val images the int8 export is compared on against float32 PyTorch."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +39,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--window", type=int, help="sliding-window tile size in pixels for large images")
     predict.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 autocast on GPUs with bf16 units, else float32; bf16 also speeds up CPUs with AVX512-BF16 or AMX",
+        default=None,
+        metavar="auto|fp32|bf16|int8",
+        help="fp32 (the default, the Predictor's DEFAULT_PRECISION); bf16 autocast (fast where native: CPUs with AVX512-BF16 or AMX, GPUs from Ampere on); "
+        "int8 with --backend onnxruntime on the CPU (calibrated on the recipe's training images); auto: bf16 where native",
+    )
+    predict.add_argument(
+        "--backend", default="torch", help="torch, or onnxruntime (the exported ONNX model; pip install -e \".[export]\")"
     )
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch per size)")
     predict.add_argument("--cmap", default="turbo", choices=("turbo", "magma"), help="depth colour map")
@@ -52,6 +58,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=("onnx", "safetensors", "pretrained"), default="onnx")
     export.add_argument("--out", help="file or folder to write (default: the checkpoint's name with .onnx, .safetensors or -pretrained)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.add_argument("--int8", action="store_true", help="also quantize to int8 for ONNX Runtime on the CPU (<out>.int8.onnx)")
+    export.add_argument(
+        "--calibration-images", type=int, default=None, metavar="N", help="training images that calibrate int8 (default 32)"
+    )
     export.set_defaults(run=_export)
 
     push = subparsers.add_parser("push", help="upload a model to the Hugging Face Hub as a pretrained folder")
@@ -73,7 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from multitask_deeplab import visualize
-    from multitask_deeplab.inference.predictor import Predictor
+    from multitask_deeplab.inference.predictor import DEFAULT_PRECISION, Predictor
 
     paths, failed = collect_inputs(args.inputs)
     for pattern in failed:
@@ -88,7 +98,8 @@ def _predict(args: argparse.Namespace) -> int:
         tta_flip=args.tta,
         window=args.window,
         batch_size=args.batch_size,
-        bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
+        precision=args.precision or DEFAULT_PRECISION,
+        backend=args.backend,
         compile=args.compile,
     )
     options = visualize.PictureOptions(depth_cmap=args.cmap)
@@ -257,6 +268,10 @@ def _warn(message: str) -> None:
 def _export(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.restore import export_pretrained, restore
 
+    if args.int8 and args.format != "onnx":
+        raise ValueError("--int8 quantizes the ONNX export: use --format onnx")
+    if args.calibration_images is not None and not args.int8:
+        raise ValueError("--calibration-images sets the int8 calibration: add --int8")
     suffix = {"onnx": ".onnx", "safetensors": ".safetensors", "pretrained": "-pretrained"}[args.format]
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + suffix)
     if args.format == "pretrained":
@@ -271,9 +286,12 @@ def _export(args: argparse.Namespace) -> int:
         print(f"wrote the weights of {args.checkpoint} to {out}")
         return 0
     from multitask_deeplab.inference.export import CHECK_SHAPES, TOLERANCE, export_onnx, onnx_max_difference, require_onnx
+    from multitask_deeplab.inference.quantize import CALIBRATION_IMAGES, sample_images
 
     require_onnx()
-    model = restore(args.checkpoint, ema=not args.no_ema).model
+    model, recipe, _, _ = restore(args.checkpoint, ema=not args.no_ema)
+    count = CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+    calibration = sample_images(recipe, count) if args.int8 else []
     export_onnx(model, out, opset=args.opset)
     difference = onnx_max_difference(model, out)
     sizes = " and ".join(f"{b}x{model.backbone.in_chans}x{h}x{w}" for b, h, w in CHECK_SHAPES)
@@ -282,7 +300,26 @@ def _export(args: argparse.Namespace) -> int:
     if not difference <= TOLERANCE:
         print(f"mtdl: error: the difference {difference:.3g} exceeds {TOLERANCE:g}; {out} does not reproduce the model", file=sys.stderr)
         return 1
+    if args.int8:
+        _export_int8(args.checkpoint, out, recipe, calibration, ema=not args.no_ema)
     return 0
+
+
+def _export_int8(checkpoint: str, out: Path, recipe: Any, calibration: list[torch.Tensor], *, ema: bool) -> None:
+    """Quantizes the float32 export ``out`` to ``<out>.int8.onnx`` and prints how closely it follows float32
+    PyTorch on held-out (val) images."""
+    from multitask_deeplab.inference.agreement import compare_predictors, describe
+    from multitask_deeplab.inference.predictor import Predictor
+    from multitask_deeplab.inference.quantize import quantize_onnx, sample_images
+
+    target = out.with_suffix(".int8.onnx")
+    quantize_onnx(out, target, calibration)
+    print(f"wrote {target}: int8 (QDQ: int8 weights per channel, uint8 activations), calibrated on {len(calibration)} training images")
+    held_out = sample_images(recipe, INT8_CHECK_IMAGES, split="val")
+    reference = Predictor.from_pretrained(checkpoint, "cpu", ema=ema, precision="fp32")
+    candidate = Predictor.from_pretrained(checkpoint, "cpu", ema=ema, backend="onnxruntime", precision="int8", exported=target)
+    results = compare_predictors(reference, candidate, (image[None] for image in held_out))
+    print(f"int8 vs float32 PyTorch on {len(held_out)} val images: {describe(results)}")
 
 
 # -------------------------------------------------------------------------------------------------------- push

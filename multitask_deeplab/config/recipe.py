@@ -161,6 +161,7 @@ class TrainConfig:
     epochs: int | None = _opt(10, ge=1)
     steps: int | None = _opt(None, ge=1)
     batch_size: int = _opt(8, ge=1)
+    accumulate_steps: int = _opt(1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = _opt(1.0e-3, gt=0)
     weight_decay: float = _opt(1.0e-4, ge=0)

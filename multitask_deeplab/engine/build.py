@@ -63,12 +63,10 @@ def check_components(recipe: Recipe) -> None:
 
 
 def _check_named(registry: Registry, cfg: Mapping[str, Any], path: str, *, reserved: Sequence[str] = (), hint: str = "") -> None:
-    try:
-        check_component(registry, cfg, path, reserved=reserved)
-    except RecipeError as error:
-        if str(error).startswith(f"{path}.type: unknown"):
-            raise RecipeError(f"{error}{hint or PLUGIN_HINT}") from None
-        raise
+    """:func:`check_component`, with a hint after an unknown name (by default: pass the plugin that registers it)."""
+    if "type" in cfg and cfg["type"] not in registry:
+        raise RecipeError(f"{path}.type: {registry.unknown_message(cfg['type'])}{hint or PLUGIN_HINT}")
+    check_component(registry, cfg, path, reserved=reserved)
 
 
 def resolve_recipe(recipe: Recipe) -> Recipe:

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from multitask_deeplab.weighting.gradients import SharedFeatures
+
+class SharedFeatures(NamedTuple):
+    """The shared representation of one forward pass, for representation-level strategies (MGDA-UB).
+
+    Attributes:
+        tensors: The graph-connected shared features: the backbone's levels, then the shared trunk's output
+            if there is one.
+        leaves: Detached copies of ``tensors`` that require grad, the only inputs the heads read: the gradient
+            of a task loss w.r.t. ``leaves`` is its direct partial derivative w.r.t. each level, without the
+            paths through later levels computed from it.
+    """
+
+    tensors: list[torch.Tensor]
+    leaves: list[torch.Tensor]
 
 
 def forward_with_shared_features(model: nn.Module, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], SharedFeatures]:
@@ -14,7 +29,8 @@ def forward_with_shared_features(model: nn.Module, image: torch.Tensor) -> tuple
 
     The task losses then do NOT reach the backbone (or the shared trunk) through autograd on their own: the caller
     backpropagates a combination of the ``d loss / d leaves`` into ``tensors``, e.g.
-    ``torch.autograd.backward(shared.tensors, grad_tensors=...)``, as MGDA-UB does.
+    ``torch.autograd.backward(shared.tensors, grad_tensors=...)``, as :func:`~multitask_deeplab.engine.backward.mtl_backward`
+    does for representation-level strategies.
 
     Returns:
         The task outputs and the :class:`SharedFeatures` (graph-connected tensors and the leaves the heads read).

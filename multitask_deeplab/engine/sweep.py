@@ -16,6 +16,7 @@ from multitask_deeplab.engine.build import check_components, resolve_recipe
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.runtime.files import atomic_write
+from multitask_deeplab.weighting import WEIGHTINGS
 
 
 def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
@@ -92,9 +93,12 @@ def _split_top_level(text: str) -> list[str]:
     return [*values, current.strip()]
 
 
-def sweep_points(recipe: Recipe, strategies: Sequence[str] | None = None, *, grid: Sequence[str] = ()) -> list[SweepPoint]:
+def sweep_points(
+    recipe: Recipe, strategies: Sequence[str] | None = None, *, grid: Sequence[str] = (), gradients: str | None = None
+) -> list[SweepPoint]:
     """Every combination of the grid's values (the first axis varying slowest), each under every weighting strategy
-    when ``strategies`` are given (``weighting`` replaced by ``{type: strategy}``: default arguments).
+    when ``strategies`` are given (``weighting`` replaced by ``{type: strategy}``: default arguments; with
+    ``gradients``, every gradient-level strategy at that level, labelled ``name@level``, see :func:`sweep_entry`).
 
     Each point's recipe is built and checked here, so a bad value fails before anything trains; it writes into
     ``<output_dir>/sweep/<point>``, the point named by its values (``train.lr=1e-3_pcgrad``).
@@ -108,15 +112,16 @@ def sweep_points(recipe: Recipe, strategies: Sequence[str] | None = None, *, gri
     combinations = itertools.product(*[[(key, value) for value in values] for key, values in axes], strategies or [None])
     folder, points, names = Path(recipe.train.output_dir) / "sweep", [], {}
     for *settings, strategy in combinations:
-        labels = dict(settings) | ({} if strategy is None else {"weighting": strategy})
+        weighting, row = sweep_entry(strategy, gradients) if strategy is not None else (None, None)
+        labels = dict(settings) | ({} if row is None else {"weighting": row})
         shown = " ".join(f"{key}={value}" for key, value in labels.items())
         name = point_name(labels)
         if name in names:
             raise ValueError(f"sweep points {names[name]} and {shown} would share the folder {folder / name}; give values that differ in letters or digits")
         names[name] = shown
         raw = recipe_module.apply_overrides(recipe_module.to_dict(recipe), [f"{key}={value}" for key, value in settings])
-        if strategy is not None:
-            raw["weighting"] = {"type": strategy}
+        if weighting is not None:
+            raw["weighting"] = weighting
         raw["train"]["output_dir"] = str(folder / name)
         try:
             point = recipe_module.from_dict(raw)
@@ -130,7 +135,25 @@ def sweep_points(recipe: Recipe, strategies: Sequence[str] | None = None, *, gri
 def point_name(labels: dict[str, str]) -> str:
     """A point's folder name: ``key=value`` per grid axis and the strategy, joined by ``_`` (other characters ``-``)."""
     parts = [value if key == "weighting" else f"{key}={value}" for key, value in labels.items()]
-    return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))
+    return re.sub(r"[^A-Za-z0-9._=+@-]", "-", "_".join(parts))
+
+
+def sweep_entry(strategy: str, gradients: str | None) -> tuple[dict[str, str], str]:
+    """The weighting config and the row name of one sweep entry."""
+    if gradients is None or WEIGHTINGS.get(strategy).level != "gradient":
+        return {"type": strategy}, strategy
+    return {"type": strategy, "gradients": gradients}, f"{strategy}@{gradients}"
+
+
+def level_variants(strategies: Sequence[str], gradients: str) -> tuple[list[str], list[str]]:
+    """The strategies a sweep at ``gradients`` trains (``fixed``, the reference, and every gradient-level one that
+    has that level) and those it leaves out."""
+    kept, left = [], []
+    for name in strategies:
+        cls = WEIGHTINGS.get(name)
+        takes = name == "fixed" or (cls.level == "gradient" and (gradients == "params" or cls.supports_features))
+        (kept if takes else left).append(name)
+    return kept, left
 
 
 def sweep(recipe: Recipe, points: Sequence[SweepPoint], *, show_progress: bool = True) -> list[SweepRow]:
@@ -172,8 +195,8 @@ def format_sweep(rows: list[SweepRow], columns: Sequence[str], labels: Sequence[
     return "\n".join(lines)
 
 
-def save_sweep(folder: Path, rows: list[SweepRow], table: str) -> Path:
-    """Writes the table (``sweep.md``) and every row with all its metrics (``sweep.json``); returns the table's path."""
-    atomic_write(folder / "sweep.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
-    atomic_write(folder / "sweep.md", lambda temp: temp.write_text(table + "\n"))
-    return folder / "sweep.md"
+def save_sweep(folder: Path, rows: list[SweepRow], table: str, name: str = "sweep") -> Path:
+    """Writes the table (``<name>.md``) and every row with all its metrics (``<name>.json``); returns the table's path."""
+    atomic_write(folder / f"{name}.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
+    atomic_write(folder / f"{name}.md", lambda temp: temp.write_text(table + "\n"))
+    return folder / f"{name}.md"

@@ -21,6 +21,7 @@ from multitask_deeplab.config.recipe import Recipe
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.data.loader import ResumableSampler, ShardSampler, build_dataset, build_loader, to_device
 from multitask_deeplab.data.targets import batch_target_kinds, check_tasks_fit
+from multitask_deeplab.engine.backward import Accumulation, NonFiniteLoss, all_reduce_mean_, ddp_syncs, mtl_backward
 from multitask_deeplab.engine.build import (
     build_losses,
     build_model,
@@ -41,7 +42,6 @@ from multitask_deeplab.engine.stopping import EarlyStopping
 from multitask_deeplab.runtime.device import resolve_device
 from multitask_deeplab.runtime.distributed import (
     any_process,
-    any_process_each,
     convert_sync_batchnorm,
     mean_over_processes,
     setup_distributed,
@@ -156,10 +156,10 @@ class Trainer:
         resume_path = self._resume_path(resume)
 
         batch = cfg.batch_size
-        if len(self.train_set) < batch * self.info.world_size:
+        if len(self.train_set) < batch * cfg.accumulate_steps * self.info.world_size:
             raise ValueError(
-                f"the train split has {len(self.train_set)} samples, fewer than one batch of {batch} x {self.info.world_size} processes; "
-                "lower train.batch_size or add data"
+                f"the train split has {len(self.train_set)} samples, fewer than one step of {batch} x {cfg.accumulate_steps} "
+                f"micro-batches x {self.info.world_size} processes; lower train.batch_size or train.accumulate_steps, or add data"
             )
         self.sampler = ResumableSampler(self.train_set, info=self.info, seed=cfg.seed)
         # Worker seeds differ between ranks, so random code in a dataset does not repeat itself on every rank.
@@ -182,7 +182,7 @@ class Trainer:
             device=self.device,
             seed=worker_seed,
         )
-        self.steps_per_epoch = len(self.sampler) // batch
+        self.steps_per_epoch = len(self.sampler) // (batch * cfg.accumulate_steps)
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
 
         self.model_params = [p for p in model.parameters() if p.requires_grad]
@@ -284,11 +284,13 @@ class Trainer:
         return self.train_seconds / max(1, self.timed_steps)
 
     def _run_epoch(self, bar: tqdm) -> None:
-        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.recipe.train.batch_size)
-        for batch in self.train_loader:
+        micro = self.recipe.train.accumulate_steps
+        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * micro * self.recipe.train.batch_size)
+        batches = iter(self.train_loader)
+        for micro_batches in zip(*[batches] * micro):  # the loader's batches, accumulate_steps at a time
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             started = time.perf_counter()
-            losses = self.train_step(batch)
+            losses = self.train_step(*micro_batches)
             self.train_seconds += time.perf_counter() - started
             self.timed_steps += 1
             self.step += 1
@@ -313,32 +315,39 @@ class Trainer:
         elif self.step >= self.total_steps:
             self._evaluate_and_save()
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        """One optimizer step on a loader batch; the task losses, or None when the step was skipped."""
+    def train_step(self, *micro_batches: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimizer step on one or more loader batches (``train.accumulate_steps`` micro-batches); the task
+        losses (their mean over the micro-batches), or None when the step was skipped."""
         cfg = self.recipe.train
-        batch = self.augment(to_device({key: batch[key] for key in self.batch_keys}, self.device, cfg.channels_last))
-        # Gradient-level strategies reduce gradients themselves: DDP must not sync, and it decides at forward time.
-        separate = self.info.enabled and self.weighting.reduces_gradients_itself
-        needs_features = self.weighting.needs_features
-        with self.model.no_sync() if separate else contextlib.nullcontext():
-            with autocast(self.device, self.amp):
-                if needs_features:
-                    outputs, features = forward_with_shared_features(self.model, batch["image"])
-                else:
-                    outputs, features = self.model(batch["image"]), None
-            losses = self._losses(outputs, batch)
-            # Every process learns which tasks went non-finite anywhere, so all skip (or stop) together.
-            finite = torch.stack([torch.isfinite(loss.detach()) for loss in losses.values()])
-            if bad := [name for name, flag in zip(losses, any_process_each(~finite)) if flag]:
-                return self._non_finite(f"non-finite loss in task {', '.join(bad)}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.weighting.backward(
-                losses,
-                shared_parameters=self.shared_params,
-                head_parameters=self.head_params,
-                features=features,
-                scaler=self.scaler if self.scaler.is_enabled() else None,
-            )
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulation = Accumulation(len(micro_batches))
+        augmented, step_losses = [], []
+        for batch in micro_batches:
+            batch = self.augment(to_device({key: batch[key] for key in self.batch_keys}, self.device, cfg.channels_last))
+            # Whether DDP averages this backward, or the driver does (gradient level, or before the last micro-batch).
+            syncs = not self.info.enabled or ddp_syncs(self.weighting, accumulation)
+            with contextlib.nullcontext() if syncs else self.model.no_sync():
+                with autocast(self.device, self.amp):
+                    if self.weighting.needs_features:
+                        outputs, features = forward_with_shared_features(self.model, batch["image"])
+                    else:
+                        outputs, features = self.model(batch["image"]), None
+                losses = self._losses(outputs, batch)
+                try:
+                    mtl_backward(
+                        losses,
+                        weighting=self.weighting,
+                        shared_parameters=self.shared_params,
+                        head_parameters=self.head_params,
+                        features=features,
+                        scaler=self.scaler if self.scaler.is_enabled() else None,
+                        accumulation=accumulation,
+                    )
+                except NonFiniteLoss as error:  # raised on every process together
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return self._non_finite(str(error))
+            augmented.append(batch)
+            step_losses.append(torch.stack([loss.detach() for loss in losses.values()]))
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model_params, cfg.grad_clip or math.inf)
         if not self.scaler.is_enabled() and any_process(not torch.isfinite(grad_norm), self.device):
@@ -350,19 +359,25 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(unwrap(self.model), step=self.step + 1)
         self.skipped_in_a_row = 0
-        if getattr(self.weighting, "needs_post_step_losses", False):
-            self._post_step_losses(batch)
-        return mean_over_processes({name: float(loss.detach()) for name, loss in losses.items()}, self.device)
+        if self.weighting.needs_post_step_losses:
+            self._post_step_losses(augmented)
+        mean = torch.stack(step_losses).mean(0).tolist()
+        return mean_over_processes(dict(zip(self.recipe.tasks, mean)), self.device)
 
     def _losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's unweighted loss, in fp32."""
         return {name: self.losses[name](outputs[name].float(), task.prepare_target(batch[task.target])) for name, task in self.tasks.items()}
 
     @torch.no_grad()
-    def _post_step_losses(self, batch: dict[str, torch.Tensor]) -> None:
-        with autocast(self.device, self.amp):
-            outputs = self.model(batch["image"])
-        self.weighting.after_step(self._losses(outputs, batch))
+    def _post_step_losses(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        """The step's batches' losses after the optimizer step, averaged over them and over the processes."""
+        step_losses = []
+        for batch in batches:
+            with autocast(self.device, self.amp):
+                outputs = self.model(batch["image"])
+            step_losses.append(torch.stack(list(self._losses(outputs, batch).values())))
+        mean = all_reduce_mean_(torch.stack(step_losses).mean(0))
+        self.weighting.after_step(dict(zip(self.recipe.tasks, mean)))
 
     def _non_finite(self, what: str) -> None:
         cfg = self.recipe.train
@@ -473,6 +488,12 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.weighting.load_state_dict(state["weighting"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        saved_micro = state["recipe"]["train"].get("accumulate_steps", 1)
+        if self.step_in_epoch and saved_micro != self.recipe.train.accumulate_steps:
+            raise ValueError(
+                f"{path} stopped inside an epoch with train.accumulate_steps={saved_micro}; resume with the same value "
+                f"(got {self.recipe.train.accumulate_steps}), or from a checkpoint at an epoch end"
+            )
         self.epoch_loss_sums = state["epoch_loss_sums"].clone()
         self.best_value = state["best"]["value"]
         self.last_metrics = state["metrics"]

@@ -10,9 +10,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from multitask_deeplab.models.fuse import fold_batchnorm
+from multitask_deeplab.inference.backends import BACKENDS, Backend, BackendOptions, TorchBackend, resolve_precision
 from multitask_deeplab.runtime.device import resolve_device
-from multitask_deeplab.runtime.precision import native_bf16
 from multitask_deeplab.tasks import TASKS, TaskKind
 
 if TYPE_CHECKING:
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 """A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
+
+DEFAULT_PRECISION = "fp32"
+"""The precision a predictor runs when none is asked for. ``auto`` (bf16 where the device computes it natively)
+becomes the default only once its agreement with float32 on the default recipe's trained model passes the bars
+that ``python -m benchmarks.run --sections precision`` checks."""
 
 # Tolerance on the [0, 1] range of float inputs (resampling and colour conversions overshoot slightly).
 _RANGE_SLACK = 1e-3
@@ -51,9 +56,11 @@ class Predictor:
     Each image is padded on the bottom and right to a multiple of ``stride`` (edge replication, which works for
     any image size) and the predictions are cropped back. Images of equal size are batched together.
 
-    The model runs under ``torch.inference_mode`` with eval-mode batch norm folded into its convolutions and
-    in channels-last memory layout (both on by default: the same function, less time); on CUDA also under bf16
-    autocast where the GPU has bf16 units, with cuDNN's benchmark mode on (each new input size is tuned once).
+    A backend runs the model (see :mod:`multitask_deeplab.inference.backends`): by default PyTorch under
+    ``torch.inference_mode`` with eval-mode batch norm folded into its convolutions and in channels-last memory
+    layout (the same function, less time), in float32; on CUDA with cuDNN's benchmark mode on (each new input size
+    is tuned once). ``precision`` trades exactness for speed: ``bf16`` autocast (native on CPUs with AVX512-BF16 or
+    AMX and on GPUs from Ampere on), ``int8`` on the ``onnxruntime`` backend (CPU), ``auto`` for bf16 where native.
 
     Args:
         model: Maps a ``B x C x H x W`` batch in [0, 1] to ``{task: B x C_t x H x W}`` (a ``MultiTaskModel``);
@@ -70,10 +77,19 @@ class Predictor:
         recipe: The recipe the model was built from, kept as ``predictor.recipe`` (class names, class counts).
         fold_bn: Fold eval-mode batch norms into the convolutions before them (into a copy: ``model`` itself is
             left as it is).
-        channels_last: Run the model and its inputs in channels-last memory layout.
-        bf16: Run under bf16 autocast; ``None`` means on a GPU with bf16 units (Ampere or newer), never on the CPU
-            (where ``True`` is faster on CPUs with AVX512-BF16 or AMX, at bf16's precision).
-        compile: Wrap the model in ``torch.compile`` (the first batch of each size is slow; then faster).
+        channels_last: Run the model and its inputs in channels-last memory layout (``torch`` backend).
+        compile: Wrap the model in ``torch.compile`` (``torch`` backend; the first batch of each size is slow).
+        precision: ``"fp32"``, ``"bf16"`` (autocast), ``"int8"`` (``onnxruntime`` backend, CPU) or ``"auto"``:
+            bf16 where the device computes it natively and the backend runs it, else float32.
+        backend: A name registered in :data:`~multitask_deeplab.inference.backends.BACKENDS`: ``"torch"`` or
+            ``"onnxruntime"`` (the exported ONNX model; needs the ``export`` extra).
+        calibration: Images (as for :meth:`__call__`) that set the int8 activation ranges: a few training images.
+        exported: A file exported from ``model`` for the backend to run instead of converting ``model`` itself
+            (``onnxruntime``: an ``.onnx`` from ``mtdl export``, float32 or, with precision int8, ``--int8``).
+
+    Attributes:
+        precision: The precision the backend runs (``auto`` resolved).
+        backend: The :class:`~multitask_deeplab.inference.backends.Backend` that runs the model.
     """
 
     def __init__(
@@ -90,23 +106,34 @@ class Predictor:
         recipe: Recipe | None = None,
         fold_bn: bool = True,
         channels_last: bool = True,
-        bf16: bool | None = None,
         compile: bool = False,
+        precision: str = DEFAULT_PRECISION,
+        backend: str = "torch",
+        calibration: Sequence[ImageLike] | None = None,
+        exported: str | os.PathLike | None = None,
     ) -> None:
         if window is not None and window < stride:
             raise ValueError(f"window must be at least the output stride ({stride}) pixels, got {window}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
-        self.bf16 = self.device.type == "cuda" and native_bf16(self.device) if bf16 is None else bf16
+        self.precision = resolve_precision(precision, self.device, backend)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.channels_last = channels_last
-        self.model = prepare_for_inference(model.to(self.device), fold_bn=fold_bn, channels_last=channels_last, compile=compile)
         self.tasks = {name: TASKS.build({"type": task}, where=f"task {name!r}") if isinstance(task, str) else task for name, task in tasks.items()}
         for name, task in self.tasks.items():
             if not isinstance(task, TaskKind):
                 raise ValueError(f"task {name!r} must be a TaskKind or a task kind's name, got {type(task).__name__}")
+        options = BackendOptions(
+            device=self.device,
+            precision=self.precision,
+            fold_bn=fold_bn,
+            channels_last=channels_last,
+            compile=compile,
+            calibration=[to_tensor(image, in_chans) for image in calibration or ()],
+            exported=exported,
+        )
+        self.backend: Backend = BACKENDS.get(backend)(model, options)
         self.stride = stride
         self.in_chans = in_chans
         self.tta_flip = tta_flip
@@ -124,7 +151,7 @@ class Predictor:
         window: int | None = None,
         batch_size: int = 8,
         ema: bool = True,
-        **options: bool | None,
+        **options: Any,
     ) -> Predictor:
         """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
 
@@ -135,11 +162,14 @@ class Predictor:
             path: The checkpoint (``best.pt``, ``last.pt``).
             device, tta_flip, window, batch_size: As for :class:`Predictor`.
             ema: Predict with the moving average of the weights when the checkpoint has one (``train.ema``).
-            options: ``fold_bn``, ``channels_last``, ``bf16``, ``compile``, as for :class:`Predictor`.
+            options: ``fold_bn``, ``channels_last``, ``compile``, ``precision``, ``backend``, ``calibration``,
+                ``exported``, as for :class:`Predictor`; int8 without ``calibration`` or ``exported`` is calibrated
+                on images spread over the recipe's train split.
         """
         from multitask_deeplab.engine.restore import model_from_checkpoint
 
-        return cls._from_restored(model_from_checkpoint(path, ema=ema), device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+        load = functools.partial(model_from_checkpoint, path, ema=ema)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
 
     @classmethod
     def from_pretrained(
@@ -152,7 +182,7 @@ class Predictor:
         window: int | None = None,
         batch_size: int = 8,
         ema: bool = True,
-        **options: bool | None,
+        **options: Any,
     ) -> Predictor:
         """A predictor for a folder written by ``save_pretrained``, a Hugging Face Hub repo id (``org/name``, from
         the local cache when it has it and always under ``HF_HUB_OFFLINE=1``) or a checkpoint.
@@ -164,12 +194,18 @@ class Predictor:
         """
         from multitask_deeplab.engine.restore import restore
 
-        restored = restore(source, ema=ema, revision=revision)
-        return cls._from_restored(restored, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+        load = functools.partial(restore, source, ema=ema, revision=revision)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
 
     @classmethod
-    def _from_restored(cls, restored: Restored, device: str | torch.device | None, **options: Any) -> Predictor:
-        model, recipe, tasks, _ = restored
+    def _from_restored(cls, load: Callable[[], Restored], device: str | torch.device | None, **options: Any) -> Predictor:
+        """Checks the precision and backend, then loads the model (and calibrates int8 on its recipe's images)."""
+        from multitask_deeplab.inference.quantize import sample_images
+
+        precision = resolve_precision(options.get("precision", DEFAULT_PRECISION), resolve_device(device), options.get("backend", "torch"))
+        model, recipe, tasks, _ = load()
+        if precision == "int8" and options.get("calibration") is None and options.get("exported") is None:
+            options["calibration"] = sample_images(recipe)
         stride = max(model.backbone.reductions)
         return cls(model, tasks, stride=stride, in_chans=recipe.model.in_chans, device=device, recipe=recipe, **options)
 
@@ -194,6 +230,13 @@ class Predictor:
                 for row, index in enumerate(chunk):
                     results[index] = self._to_numpy(outputs, row, probabilities)
         return results[0] if single else results
+
+    @property
+    def model(self) -> nn.Module:
+        """The module the ``torch`` backend runs (batch norm folded, channels-last, compiled, as asked)."""
+        if not isinstance(self.backend, TorchBackend):
+            raise AttributeError(f"the {type(self.backend).__name__} runs no PyTorch module; use predictor.backend")
+        return self.backend.model
 
     @torch.inference_mode()
     def predict_batch(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -223,10 +266,7 @@ class Predictor:
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, self.stride)
         views = torch.cat([padded, padded.flip(-1)]) if self.tta_flip else padded
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(views)
+        outputs = self.backend(views)
         mirror = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], device=image.device).expand(image.shape[0], 2, 2)
         predictions = {}
         for name, task in self.tasks.items():
@@ -243,23 +283,6 @@ class Predictor:
             for name, task in self.tasks.items()
             for suffix, array in task.to_numpy(outputs[name][row], probabilities=probabilities).items()
         }
-
-
-def prepare_for_inference(
-    model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True, compile: bool = False, inplace: bool = False
-) -> nn.Module:
-    """``model`` in eval mode with the inference options applied.
-
-    Args:
-        fold_bn: Fold eval-mode batch norms into their convolutions (see :func:`~multitask_deeplab.models.fuse.fold_batchnorm`),
-            in a copy unless ``inplace``.
-        channels_last: Convert the weights to channels-last layout (feed it channels-last inputs too).
-        compile: Wrap the result in ``torch.compile``.
-    """
-    model = fold_batchnorm(model, inplace=inplace) if fold_bn else model.eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
 
 
 def to_tensor(image: ImageLike, in_chans: int = 3) -> torch.Tensor:

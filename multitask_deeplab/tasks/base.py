@@ -39,6 +39,7 @@ class TaskKind:
         target_dtype: The target's dtype.
         classification: Whether the loss is a classification likelihood (softmax or Bernoulli), which the uncertainty
             weighting of Kendall et al. treats differently from a regression one.
+        comparison: The name of what :meth:`compare` measures (how closely bf16 or int8 predictions follow float32's).
 
     Subclasses implement :attr:`out_channels` and :meth:`metrics`, and override the hooks whose default does not fit.
     They take their own keyword arguments and pass the rest on: ``super().__init__(**base)``.
@@ -54,6 +55,7 @@ class TaskKind:
     target_channels: ClassVar[int | None] = 1
     target_dtype: ClassVar[torch.dtype] = torch.float32
     classification: ClassVar[bool] = False
+    comparison: ClassVar[str] = "mean_abs_difference"
 
     def __init__(self, *, target: str | None = None) -> None:
         if target is not None and (not isinstance(target, str) or not target or target == "image"):
@@ -123,6 +125,12 @@ class TaskKind:
     def prediction(self, output: Tensor) -> Tensor:
         """The model's output as a prediction that can be averaged (e.g. softmax probabilities); ``B x C x H x W``."""
         return output
+
+    def compare(self, reference: Tensor, candidate: Tensor) -> Tensor:
+        """Per pixel, how far a candidate prediction lies from a reference one (two :meth:`prediction` batches of the
+        same images, ``B x C x H x W``), as ``comparison`` names it: by default the mean absolute difference over the
+        channels. Returns ``B x H x W``."""
+        return (candidate - reference).abs().mean(1)
 
     def finish_average(self, mean: Tensor) -> Tensor:
         """An average of predictions made valid again (e.g. normals back to unit length); the identity by default."""

@@ -67,6 +67,7 @@ class DepthTask(TaskKind):
     primary_metric = "abs_rel"
     delta_m_metrics = ("abs_err", "abs_rel")
     target_channels = 1
+    comparison = "rel_difference"
 
     def __init__(self, *, activation: str = "softplus", min_depth: float = 1e-3, max_depth: float = 10.0, **base: Any) -> None:
         super().__init__(**base)
@@ -95,6 +96,10 @@ class DepthTask(TaskKind):
     def transform_values(self, target: Tensor, linear: Tensor) -> Tensor:
         zoom = linear.det().abs().sqrt().to(target.dtype)
         return target / zoom.view(-1, 1, 1, 1)
+
+    def compare(self, reference: Tensor, candidate: Tensor) -> Tensor:
+        """``|candidate - reference| / reference``: the relative difference of the depths."""
+        return ((candidate - reference).abs() / reference.clamp_min(1e-6))[:, 0]
 
     def colorize(self, value: Tensor | np.ndarray, *, reference: Tensor | np.ndarray | None = None, options: visualize.PictureOptions | None = None) -> np.ndarray:
         options = options or visualize.PictureOptions()

@@ -40,6 +40,7 @@ class NormalsTask(TaskKind):
     primary_metric = "mean_angle"
     delta_m_metrics = ("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30")
     target_channels = 3
+    comparison = "angle_deg"
 
     @property
     def out_channels(self) -> int:
@@ -66,6 +67,10 @@ class NormalsTask(TaskKind):
         rotation = (linear / zoom.view(-1, 1, 1)).to(target.dtype)
         xy = torch.einsum("bij,bjhw->bihw", rotation, target[:, :2])
         return torch.cat([xy, target[:, 2:]], dim=1)
+
+    def compare(self, reference: Tensor, candidate: Tensor) -> Tensor:
+        """The angle between the two normals, in degrees."""
+        return torch.rad2deg(torch.acos((reference * candidate).sum(1).clamp(-1.0, 1.0)))
 
     def finish_average(self, mean: Tensor) -> Tensor:
         return F.normalize(mean, dim=1, eps=1e-6)

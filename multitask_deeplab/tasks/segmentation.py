@@ -37,6 +37,7 @@ class SegmentationTask(TaskKind):
     target_channels = None
     target_dtype = torch.int64
     classification = True
+    comparison = "agreement"
 
     def __init__(self, *, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None, **base: Any) -> None:
         super().__init__(**base)
@@ -98,6 +99,10 @@ class SegmentationTask(TaskKind):
 
     def prediction(self, output: Tensor) -> Tensor:
         return output.softmax(dim=1)
+
+    def compare(self, reference: Tensor, candidate: Tensor) -> Tensor:
+        """1 where both predict the same class, else 0: the mean is the share of pixels that agree."""
+        return (reference.argmax(1) == candidate.argmax(1)).to(reference.dtype)
 
     def to_numpy(self, prediction: Tensor, *, probabilities: bool = False) -> dict[str, np.ndarray]:
         result = {"": prediction.argmax(dim=0).cpu().numpy()}

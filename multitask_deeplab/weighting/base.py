@@ -1,24 +1,23 @@
-"""The weighting registry and the base classes every strategy builds on."""
+"""The weighting registry and the base classes every strategy builds on.
+
+A strategy is pure: it sees the task losses (loss level) or the T x T Gram matrix / the T x P task gradients of
+the shared parameters (gradient level) and returns task weights, a scalar to backpropagate or a combined
+direction. Autograd, gradient accumulation, ``torch.distributed`` and the AMP loss scale are the business of
+one driver, :func:`multitask_deeplab.engine.backward.mtl_backward`: every value a strategy receives is
+already averaged over processes and unscaled, so its state stays identical on every rank.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from multitask_deeplab.config.validation import check_choice
 from multitask_deeplab.registry import Registry
 from multitask_deeplab.tasks import TaskKind
-from multitask_deeplab.weighting.gradients import (
-    SharedFeatures,
-    accumulate_grads_,
-    all_reduce_grads_,
-    all_reduce_mean_,
-    scale_losses,
-    task_gradients,
-    unflatten,
-)
 
 ACTIVE_RTOL = 1e-8
 """A task whose shared gradient norm is at most this fraction of the largest is left out of a gradient-level
@@ -30,26 +29,25 @@ Nash-MTL's ``1 / alpha`` infinite and IMTL-G's unit vector undefined."""
 class Weighting(nn.Module):
     """Base class of the multi-task loss weighting strategies.
 
-    A strategy turns the per-task losses of a step into gradients on every parameter (:meth:`backward`).
-    Everything it needs to resume bit-exactly is in its ``state_dict`` (buffers, parameters and, for seeded
-    strategies, the random generator's state as a uint8 tensor, so ``torch.load(weights_only=True)`` works).
-    Every hook (``backward``, ``after_step``, ``end_epoch``) must be called on every process under
-    ``torch.distributed``: strategies average the statistics they learn from across processes themselves,
-    so their state stays identical on every rank.
+    Everything a strategy needs to resume bit-exactly is in its ``state_dict`` (buffers, parameters and, for
+    seeded strategies, the random generator's state as a uint8 tensor, so ``torch.load(weights_only=True)``
+    works). The hooks are called on every process with the same (process-averaged) values.
 
     Args:
         task_names: The tasks, in a fixed order (weights, histories and state follow it).
         task_kinds: ``{task: TaskKind}``; only ``uncertainty`` uses it (each kind's ``classification`` flag).
     """
 
-    reduces_gradients_itself: bool = False
-    """True when :meth:`backward` must run inside DDP's ``no_sync()``: the strategy averages gradients itself."""
+    level: ClassVar[str] = ""
+    """"loss" or "gradient": what the strategy combines (set by :class:`LossWeighting` and :class:`GradientWeighting`)."""
 
     needs_post_step_losses: bool = False
     """True when the trainer must call :meth:`after_step` with the batch's losses after the optimizer step."""
 
     def __init__(self, *, task_names: Sequence[str], task_kinds: Mapping[str, TaskKind] | None = None) -> None:
         super().__init__()
+        if type(self).level not in ("loss", "gradient"):
+            raise ValueError(f"{type(self).__name__} must subclass LossWeighting or GradientWeighting (not Weighting itself)")
         names = list(task_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"task_names must be a non-empty list of distinct names, got {names}")
@@ -59,12 +57,12 @@ class Weighting(nn.Module):
 
     @property
     def needs_features(self) -> bool:
-        """True when :meth:`backward` needs ``features``: the model must run with ``return_features=True``."""
+        """True when the step must run the model through ``forward_with_shared_features`` (representation level)."""
         return False
 
     @property
     def num_tasks(self) -> int:
-        """The number of tasks K."""
+        """The number of tasks T."""
         return len(self.task_names)
 
     def ordered(self, values: Mapping[str, Any], what: str) -> list[Any]:
@@ -80,26 +78,8 @@ class Weighting(nn.Module):
         """The task losses as one float32 vector in task order."""
         return torch.stack(self.ordered(losses, "losses")).float()
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        shared_parameters: Sequence[Tensor],
-        head_parameters: Sequence[Tensor],
-        features: SharedFeatures | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        """Backpropagates the step's task losses into ``.grad`` of every parameter.
-
-        Args:
-            losses: ``{task: scalar loss}``, unweighted, float32, with their autograd graphs.
-            shared_parameters: The backbone's parameters that require grad.
-            head_parameters: Every other model parameter that requires grad (the task heads).
-            features: The model's shared features, ``forward_with_shared_features(model, image)[1]``, when
-                :attr:`needs_features` (the heads then read its detached ``leaves``); ``None`` otherwise.
-            scaler: A ``torch.amp.GradScaler`` or ``None``; gradients written are scaled like ``scaler.scale``.
-        """
-        raise NotImplementedError
+    def begin_step(self) -> None:
+        """Hook before the first micro-batch of every optimizer step (draws that hold for the whole step)."""
 
     def after_step(self, losses: Mapping[str, Tensor]) -> None:
         """Hook after the optimizer step with the same batch's losses (only when ``needs_post_step_losses``)."""
@@ -108,8 +88,8 @@ class Weighting(nn.Module):
         """Hook at each epoch end with the epoch's mean task losses."""
 
     def task_weights(self) -> dict[str, float]:
-        """The weights used by the last backward (coefficients of the task gradients for gradient-level
-        methods; the current weights for ``fixed``, ``dwa`` and ``gradnorm``); 1 per task before any step."""
+        """The weights of the last step (coefficients of the task gradients for gradient-level methods; the
+        current weights for ``fixed``, ``dwa`` and ``gradnorm``); 1 per task before any step."""
         return dict(zip(self.task_names, self.weights.tolist()))
 
     def extra_repr(self) -> str:
@@ -134,98 +114,112 @@ class SeededMixin:
 
 
 class LossWeighting(Weighting):
-    """Strategies that backpropagate one weighted combination of the task losses.
-
-    ``reduces_gradients_itself`` is False: the single (scaled) backward runs inside DDP, whose reducer averages
-    the model's gradients. The strategy's own parameters (uncertainty's log-variances) are not in the DDP
-    model, so their gradients are averaged here. Strategies whose weights depend on the batch's losses
-    (famo, gls, gradnorm) first average those losses over the processes, so every rank uses the same weights
-    and the update equals single-process training on the whole batch.
-
-    Subclasses implement :meth:`loss_weights` or override :meth:`combine`.
+    """Strategies that backpropagate one combination of the task losses (the shared and the heads' gradients
+    alike). Subclasses implement :meth:`loss_weights` or override :meth:`combine`.
     """
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        shared_parameters: Sequence[Tensor],
-        head_parameters: Sequence[Tensor],
-        features: SharedFeatures | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        total = self.combine(self.stack(losses))
-        (total if scaler is None else scaler.scale(total)).backward()
-        all_reduce_grads_(self.parameters())
+    level = "loss"
 
-    def combine(self, losses: Tensor) -> Tensor:
-        """The scalar to backpropagate; by default ``sum_t w_t L_t`` with ``w = loss_weights(losses)``."""
-        weights = self.loss_weights(losses.detach())
+    needs_layer_norms: bool = False
+    """True when :meth:`observe_layer_norms` must get each task's gradient norm at the last shared layer."""
+
+    def combine(self, losses: Tensor, detached: Tensor) -> Tensor:
+        """The scalar to backpropagate; by default ``sum_t w_t L_t`` with ``w = loss_weights(detached)``.
+
+        Args:
+            losses: The T task losses with their autograd graphs (this process's micro-batch).
+            detached: The same losses, detached and averaged over processes.
+        """
+        weights = self.loss_weights(detached)
         self.weights.copy_(weights)
         return (weights * losses).sum()
 
     def loss_weights(self, losses: Tensor) -> Tensor:
-        """The K weights for this step, given the detached task losses."""
+        """The T weights for this step, given the detached task losses (averaged over processes)."""
         raise NotImplementedError
+
+    def observe_layer_norms(self, norms: Tensor, losses: Tensor) -> None:
+        """After the step's backward (``needs_layer_norms``): each task's gradient norm at the last shared layer
+        and the step's mean losses."""
 
 
 class GradientWeighting(Weighting):
-    """Strategies that combine the per-task gradients of the shared (backbone) parameters.
+    """Strategies that combine the per-task gradients of the shared parameters (heads keep weight 1).
 
-    Each step takes one autograd pass per task: the flattened gradient of the shared parameters goes into a
-    ``K x n`` matrix (one flat vector per task) and the gradient of the head parameters is added to their
-    ``.grad`` in the same pass, so **heads always get weight 1**: each head receives the plain gradient of its
-    own task's loss (heads are disjoint), as in the papers' algorithms for task-specific parameters. The
-    shared gradient written to ``.grad`` is ``sum_t c_t g_t`` with coefficients ``c`` from :meth:`solve`.
+    The driver takes one autograd pass per task: the gradient of the shared parameters goes into a T x P
+    matrix (one flat row per task) and the heads' gradient is added to their ``.grad`` in the same pass, so
+    **heads always get weight 1**: each head receives the plain gradient of its own task's loss (heads are
+    disjoint), as in the papers' algorithms for task-specific parameters. The shared update is
+    ``sum_t c_t g_t`` with the coefficients of :meth:`solve` (from the Gram matrix), or the direction
+    :meth:`combine` returns from the matrix itself (``uses_matrix``).
 
-    ``reduces_gradients_itself`` is True: the trainer runs :meth:`backward` inside DDP's ``no_sync()``, and the
-    per-task shared gradients are averaged over the processes before combining (so every rank combines the
-    same global gradients, as single-process training on the whole batch would), then the heads' gradients.
-    Under a GradScaler the task gradients are scaled; the unscale is folded into the Gram matrix (divided by
-    ``scale^2``), which is all the solvers see, and the combination of the scaled gradients is written, so
-    ``scaler.step``'s unscale and inf check work unchanged. A non-finite Gram matrix (fp16 overflow) falls back
-    to the plain sum, which keeps the inf so the scaler skips the step.
+    ``gradients="features"`` is the representation-level variant (MGDA-UB's, LibMTL's ``rep_grad``): the
+    strategy is solved on the task gradients of the shared features (``forward_with_shared_features``) and the
+    backbone takes one backward of the combined feature gradient, instead of one per task.
+
+    Args:
+        gradients: "params" (the shared parameters' gradients) or "features" (the shared features').
     """
 
-    reduces_gradients_itself = True
+    level = "gradient"
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        shared_parameters: Sequence[Tensor],
-        head_parameters: Sequence[Tensor],
-        features: SharedFeatures | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        vector = self.stack(losses)
-        scaled, scale = scale_losses(vector, scaler)
-        grads = all_reduce_mean_(task_gradients(scaled, shared_parameters, head_parameters=head_parameters))
-        coefs = self.coefficients(grads @ grads.T, vector.detach(), scale)
-        accumulate_grads_(shared_parameters, unflatten(coefs @ grads, shared_parameters))
-        all_reduce_grads_(head_parameters)
+    uses_matrix: bool = False
+    """True when :meth:`combine` needs the T x P task gradients; False when :meth:`solve` needs only their Gram."""
 
-    def coefficients(self, gram: Tensor, losses: Tensor, scale: float) -> Tensor:
-        """The combination coefficients (float32, on ``gram``'s device); also stored as ``task_weights()``.
+    supports_features: bool = True
+    """False for strategies whose state follows each coordinate of the gradient across steps: a coordinate of
+    the shared features belongs to a different sample at every step."""
 
-        Args:
-            gram: K x K Gram matrix of the (scaled) task gradients, already averaged over processes.
-            losses: The K detached task losses of this process (averaged over processes here).
-            scale: The GradScaler's scale the gradients carry.
+    independent_gram: bool = False
+    """True when :meth:`solve` wants the Gram matrix estimated from independent batches (``E[g] E[g]^T``, the
+    micro-batches and processes of the step taken pairwise), MoDo's and SDMGrad's double sampling."""
+
+    def __init__(self, *, gradients: str = "params", **base: Any) -> None:
+        super().__init__(**base)
+        name = type(self).__name__
+        self.gradients = check_choice(name, "gradients", gradients, ("params", "features"))
+        if gradients == "features" and not self.supports_features:
+            raise ValueError(
+                f"{name} keeps state per gradient coordinate across steps, which the shared features do not have "
+                "(each step's features belong to other samples): use gradients: params"
+            )
+
+    @property
+    def needs_features(self) -> bool:
+        return self.gradients == "features"
+
+    def loss_scales(self, losses: Tensor) -> Tensor:
+        """Factors of the task losses before their gradients are taken (1: none), from the detached losses
+        averaged over processes: ``d f(L) / dL`` makes the gradients those of ``f(L)`` (DB-MTL's log), exactly as
+        one process on the whole batch (or micro-batch) would take them."""
+        return torch.ones_like(losses)
+
+    def fixed_coefficients(self) -> Tensor | None:
+        """Coefficients to use this step without per-task gradients (one backward of ``sum_t c_t L_t``), or None."""
+        return None
+
+    def coefficients(self, gram: Tensor, losses: Tensor, active: Tensor) -> Tensor:
+        """The T coefficients from the float64 CPU Gram matrix (unscaled, averaged over processes) and losses.
+
+        The default gives the tasks outside ``active`` (zero gradient) weight 0 and :meth:`solve` the rest.
         """
-        gram64 = gram.detach().double().cpu() / scale**2
-        losses64 = all_reduce_mean_(losses.clone()).double().cpu()
-        coefs = torch.zeros(self.num_tasks, dtype=torch.float64)
-        if not torch.isfinite(gram64).all():
-            coefs += 1.0
-        else:
-            norms = gram64.diagonal().clamp_min(0.0).sqrt()
-            active = norms > ACTIVE_RTOL * norms.max()
-            if active.any():
-                coefs[active] = self.solve(gram64[active][:, active], losses64[active])
-        self.weights.copy_(coefs)
-        return coefs.to(gram.device, torch.float32)
+        coefs = torch.zeros(len(active), dtype=torch.float64)
+        if active.any():
+            coefs[active] = self.solve(gram[active][:, active], losses[active])
+        return coefs
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
-        """Coefficients of the active tasks from their float64 CPU Gram matrix (unscaled) and losses."""
+        """Coefficients of the active tasks from their float64 CPU Gram matrix and losses."""
         raise NotImplementedError
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """For ``uses_matrix`` strategies: the direction (P) and the T weights to report, from the T x P task
+        gradients (unscaled, averaged over processes; zero rows for absent tasks) and the losses."""
+        raise NotImplementedError
+
+    def scale_update(self, norm: float) -> float:
+        """A factor for the combined shared update given its norm (1: none); Nash-MTL clips."""
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.task_names}, gradients={self.gradients}"

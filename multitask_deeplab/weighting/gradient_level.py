@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,21 +10,12 @@ from torch import Tensor
 
 from multitask_deeplab.config.validation import check_choice, check_number
 from multitask_deeplab.weighting.base import WEIGHTINGS, GradientWeighting, SeededMixin
-from multitask_deeplab.weighting.gradients import (
-    SharedFeatures,
-    accumulate_grads_,
-    all_reduce_grads_,
-    all_reduce_mean_,
-    scale_losses,
-    task_gradients,
-    unflatten,
-)
 from multitask_deeplab.weighting.solvers import (
     aligned_mtl_matrix,
     cagrad_weights,
+    fair_coefficients,
     imtl_g_coefficients,
     min_norm_coefficients,
-    nash_coefficients,
     pcgrad_projection,
 )
 
@@ -55,34 +45,23 @@ class MGDA(GradientWeighting):
     """MGDA (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018).
 
     The shared update is the min-norm point of the convex hull of the task gradients (weights summing to 1),
-    found by Frank-Wolfe (:func:`min_norm_coefficients`). With ``mode="features"`` (MGDA-UB, the paper's
-    upper-bound variant; the default) the weights come from the gradients w.r.t. the shared features, the
-    :class:`~multitask_deeplab.weighting.gradients.SharedFeatures` that ``forward_with_shared_features(model, image)`` returns and
-    ``backward`` takes as ``features``. The heads read its detached ``leaves``, so ``dL_t/dleaves`` are the
-    direct partials of each level (a total derivative w.r.t. a level would also contain the paths through the
-    deeper levels computed from it, and count them twice); the backbone then takes one backward of
-    ``sum_t alpha_t dL_t/dleaves`` from the graph-connected ``tensors``. Under DDP the per-process Gram
-    matrices are averaged (the global one up to a factor, which the min-norm weights do not depend on) and the
-    backbone's gradients are averaged after. ``mode="params"`` uses the gradients w.r.t. the shared
-    parameters. ``normalization`` divides each gradient before the solve, as in the authors' code:
-    "none", "l2" (by its norm), "loss" (by the loss) or "loss+" (by loss times norm); as there, the weights
-    then apply to the raw task gradients.
+    found exactly by an active-set solve (:func:`min_norm_coefficients`). By default (``gradients="features"``,
+    MGDA-UB, the paper's upper-bound variant) the weights come from the gradients w.r.t. the shared features:
+    the heads read detached leaves, so ``dL_t/dleaves`` are the direct partials of each level (a total derivative
+    w.r.t. a level would also contain the paths through the deeper levels computed from it, and count them
+    twice), and the backbone takes one backward of ``sum_t alpha_t dL_t/dleaves``. ``gradients="params"`` uses
+    the gradients w.r.t. the shared parameters. ``normalization`` divides each gradient before the solve, as in
+    the authors' code: "none", "l2" (by its norm), "loss" (by the loss) or "loss+" (by loss times norm); as
+    there, the weights then apply to the raw task gradients.
 
     Args:
-        mode: "features" (MGDA-UB) or "params".
+        gradients: "features" (MGDA-UB) or "params".
         normalization: "none", "l2", "loss" or "loss+".
     """
 
-    def __init__(self, *, mode: str = "features", normalization: str = "none", **base: Any) -> None:
-        super().__init__(**base)
-        check_choice("mgda", "mode", mode, ("features", "params"))
-        check_choice("mgda", "normalization", normalization, ("none", "l2", "loss", "loss+"))
-        self.mode = mode
-        self.normalization = normalization
-
-    @property
-    def needs_features(self) -> bool:
-        return self.mode == "features"
+    def __init__(self, *, gradients: str = "features", normalization: str = "none", **base: Any) -> None:
+        super().__init__(gradients=gradients, **base)
+        self.normalization = check_choice("mgda", "normalization", normalization, ("none", "l2", "loss", "loss+"))
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
         norms = gram.diagonal().sqrt()
@@ -92,36 +71,7 @@ class MGDA(GradientWeighting):
             "loss": losses.clamp_min(1e-12),
             "loss+": losses.clamp_min(1e-12) * norms,
         }[self.normalization]
-        return min_norm_coefficients(gram / torch.outer(divisor, divisor))
-
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        shared_parameters: Sequence[Tensor],
-        head_parameters: Sequence[Tensor],
-        features: SharedFeatures | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        if self.mode == "params":
-            super().backward(
-                losses, shared_parameters=shared_parameters, head_parameters=head_parameters, scaler=scaler
-            )
-            return
-        if features is None:
-            raise ValueError(
-                "mgda with mode='features' needs the backbone's output features: pass "
-                "features=forward_with_shared_features(model, image)[1], or use mode='params'"
-            )
-        vector = self.stack(losses)
-        scaled, scale = scale_losses(vector, scaler)
-        # The heads' graph ends at the leaves; the backbone's graph is still intact for the backward below.
-        grads = task_gradients(scaled, features.leaves, head_parameters=head_parameters)
-        coefs = self.coefficients(all_reduce_mean_(grads @ grads.T), vector.detach(), scale)
-        combined = unflatten(coefs @ grads, features.tensors)
-        torch.autograd.backward(features.tensors, grad_tensors=combined, inputs=list(shared_parameters))
-        all_reduce_grads_(shared_parameters)
-        all_reduce_grads_(head_parameters)
+        return min_norm_coefficients(gram / torch.outer(divisor, divisor), owner="mgda")
 
 
 @WEIGHTINGS.register("cagrad")
@@ -130,9 +80,9 @@ class CAGrad(GradientWeighting):
 
     Maximises the worst task's improvement within a ball of radius ``c |g_0|`` around the average gradient
     ``g_0``: ``d = g_0 + (c |g_0| / |g_w|) g_w`` with ``g_w = sum_t w_t g_t`` and ``w`` the minimiser of the dual
-    ``w^T G^T g_0 + c |g_0| |g_w|`` over the simplex (:func:`cagrad_weights`, a projected-gradient solve in
-    place of the reference's scipy SLSQP). As in the reference, ``d`` is divided by ``1 + c^2``
-    (``rescale=1``; 0: no division, 2: ``1 + c``) and multiplied by K "to match the sum loss", so with ``c=0``
+    ``w^T G^T g_0 + c |g_0| |g_w|`` over the simplex (:func:`cagrad_weights`, an exact solve in place of the
+    reference's scipy SLSQP). As in the reference, ``d`` is divided by ``1 + c^2``
+    (``rescale=1``; 0: no division, 2: ``1 + c``) and multiplied by T "to match the sum loss", so with ``c=0``
     the update is the plain sum of the task gradients (weights 1).
 
     Args:
@@ -148,7 +98,7 @@ class CAGrad(GradientWeighting):
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
         k = gram.shape[0]
-        w = cagrad_weights(gram, self.c)
+        w = cagrad_weights(gram, self.c, owner="cagrad")
         average_norm = gram.mean().clamp_min(0.0).sqrt()
         combined_norm = (w @ gram @ w).clamp_min(0.0).sqrt()
         lam = self.c * average_norm / combined_norm.clamp_min(1e-12 * gram.diagonal().max().sqrt())
@@ -194,13 +144,12 @@ class NashMTL(GradientWeighting):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022).
 
     The update ``sum_t alpha_t g_t`` with ``alpha > 0`` solving ``G^T G alpha = 1 / alpha`` (element-wise), the
-    Nash bargaining solution, found by damped Newton on a convex potential (:func:`nash_coefficients`) instead of
-    the reference's cvxpy sequence. ``alpha`` is recomputed every ``update_weights_every`` steps; in between,
-    one backward of ``sum_t alpha_t L_t`` with the last ``alpha`` (0 for a task absent from that solve) gives the
-    shared gradient (the heads still get weight 1). The shared
-    update is then clipped to norm ``max_norm`` (0 disables): the reference calls ``clip_grad_norm_`` before its
-    backward, which clips nothing, so here the clip is applied to the combined shared gradient as intended.
-    ``task_weights()`` reports ``alpha`` times the clip factor.
+    Nash bargaining solution, found by Newton's method on a convex potential (:func:`fair_coefficients`, scale-free
+    on the unit-diagonal Gram matrix) instead of the reference's cvxpy sequence. ``alpha`` is recomputed every
+    ``update_weights_every`` steps; in between, one backward of ``sum_t alpha_t L_t`` with the last ``alpha``
+    (0 for a task absent from that solve) gives the shared gradient (the heads still get weight 1). The shared
+    update is then clipped to norm ``max_norm`` (0 disables), after the backward, as in the authors' code,
+    LibMTL and torchjd. ``task_weights()`` reports ``alpha`` times the clip factor.
 
     Args:
         update_weights_every: Steps between two solves of ``alpha``.
@@ -216,45 +165,43 @@ class NashMTL(GradientWeighting):
         self.max_norm = check_number("nash_mtl", "max_norm", max_norm, low=0.0)
         self.register_buffer("alpha", torch.ones(self.num_tasks))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._solving = True
+
+    def begin_step(self) -> None:
+        self._solving = self.step.item() % self.update_weights_every == 0
+        self.step += 1
+
+    def fixed_coefficients(self) -> Tensor | None:
+        return None if self._solving else self.alpha
+
+    def coefficients(self, gram: Tensor, losses: Tensor, active: Tensor) -> Tensor:
+        alpha = super().coefficients(gram, losses, active)
+        self.alpha.copy_(alpha)
+        return alpha
 
     def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
-        return nash_coefficients(gram)
+        return fair_coefficients(gram, owner="nash_mtl")
 
-    def _clip_factor(self, norm: float) -> float:
+    def scale_update(self, norm: float) -> float:
         return min(1.0, self.max_norm / norm) if self.max_norm > 0 and math.isfinite(norm) and norm > 0 else 1.0
 
-    def coefficients(self, gram: Tensor, losses: Tensor, scale: float) -> Tensor:
-        alpha = super().coefficients(gram, losses, scale)
-        if not torch.isfinite(gram).all():
-            return alpha
-        self.alpha.copy_(alpha)
-        a = alpha.double().cpu()
-        factor = self._clip_factor(math.sqrt(max((a @ gram.detach().double().cpu() @ a).item(), 0.0)) / scale)
-        self.weights.mul_(factor)
-        return alpha * factor
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        *,
-        shared_parameters: Sequence[Tensor],
-        head_parameters: Sequence[Tensor],
-        features: SharedFeatures | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        update = self.step.item() % self.update_weights_every == 0
-        self.step += 1
-        if update:
-            super().backward(
-                losses, shared_parameters=shared_parameters, head_parameters=head_parameters, scaler=scaler
-            )
-            return
-        scaled, scale = scale_losses(self.stack(losses), scaler)
-        if head_parameters:
-            torch.autograd.backward(scaled.sum(), inputs=list(head_parameters), retain_graph=True)
-        combined = (self.alpha * scaled).sum().reshape(1)
-        shared = all_reduce_mean_(task_gradients(combined, shared_parameters))[0]
-        factor = self._clip_factor(shared.norm().item() / scale)
-        self.weights.copy_(self.alpha * factor)
-        accumulate_grads_(shared_parameters, unflatten(shared * factor, shared_parameters))
-        all_reduce_grads_(head_parameters)
+@WEIGHTINGS.register("fairgrad")
+class FairGrad(GradientWeighting):
+    """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024, Algorithm 1).
+
+    alpha-fair allocation of the update's first-order progress among the tasks: weights ``x > 0`` with
+    ``(G^T G x)_i = x_i^(-1/alpha)`` (their Eq. 4), found exactly by Newton's method (:func:`fair_coefficients`)
+    instead of the reference's scipy ``least_squares``. Every task's loss then decreases to first order
+    (``<g_i, d> = x_i^(-1/alpha) > 0``); ``alpha = 1`` gives Nash-MTL's weights (without its clip).
+
+    Args:
+        alpha: The fairness parameter (> 0; the authors' run script: 2; LibMTL's default: 1).
+    """
+
+    def __init__(self, *, alpha: float = 2.0, **base: Any) -> None:
+        super().__init__(**base)
+        self.alpha = check_number("fairgrad", "alpha", alpha, low=0.0, low_open=True)
+
+    def solve(self, gram: Tensor, losses: Tensor) -> Tensor:
+        return fair_coefficients(gram, self.alpha, owner="fairgrad")
