@@ -17,7 +17,7 @@ from multitask_deeplab.visualize import colorize_scalar
 class BoundaryTask(TaskKind):
     """1 where a pixel's 3x3 neighbourhood holds two classes of the label map the task reads, else 0."""
 
-    default_target, default_loss = "seg", {"type": "balanced_bce"}
+    default_target, default_loss = "seg", {"type": "boundary_bce"}
     primary_metric, delta_m_metrics = "fmeasure", ("fmeasure",)
     target_channels, target_dtype, classification, out_channels = None, torch.int64, True, 1
 
@@ -41,7 +41,7 @@ class BoundaryTask(TaskKind):
         return BoundaryF()
 
 
-@LOSSES.register("balanced_bce")
+@LOSSES.register("boundary_bce")
 class BalancedBCE(DenseLoss):
     """Binary cross-entropy with each class weighted by the other's share (Xie & Tu, HED, 2015)."""
 

@@ -159,3 +159,142 @@ def write_folder(root: Path, *, num_classes: int = 5, depth_scale: float = 1000.
     (root / "train.txt").write_text("img0\nimg1.jpg\nimg2\n\n# comment\nimg3\n")
     (root / "val.txt").write_text("img4\nimg5\n")
     return written
+
+
+PASCAL_SPLITS = {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000008", "2008_000009"]}
+PASCAL_CONTEXT_IDS = (0, 2, 22, 25, 59, 65, 284)
+"""Context classes for the label maps: background, aeroplane and bird (no distilled normals), bench, car, cat and
+person (whose normals count)."""
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour palette of the semseg PNGs (bit-interleaved class ids), 256 RGB entries."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def mat_struct_array(records: list[dict], fields: tuple[str, ...]) -> np.ndarray:
+    """A 1 x N MATLAB struct array for ``scipy.io.savemat`` (a record array of object fields)."""
+    array = np.zeros((1, len(records)), dtype=[(field, object) for field in fields])
+    for index, record in enumerate(records):
+        for field in fields:
+            array[0, index][field] = record[field]
+    return array
+
+
+def write_pascal_context(root: Path, *, height: int = 32, width: int = 32, seed: int = 0) -> dict[str, dict]:
+    """PASCAL-Context as ASTMT / Multi-Task-Learning-PyTorch ship it (``PASCAL_MT``), written with PIL and scipy.
+
+    Per image: a JPEG, a palette PNG of 21-class ids (with 255 unknown; the first train image in ``semseg/VOC12``, the
+    others in ``semseg/pascal-context``), a grey ``sal_distill`` PNG, an RGB ``normals_distill`` PNG, the
+    ``pascal-context/trainval`` ``LabelMap`` (uint16, v5 .mat) and the PASCAL-Part ``anno`` struct: the first train
+    image has a person with parts (and a dog), the second a person without parts, the others no person.
+
+    Returns image id -> the arrays the loader should give: image, label_map, seg, saliency (binary), normals
+    (H x W x 3, zero off the normals classes), human_parts (or None).
+    """
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, ids in PASCAL_SPLITS.items():
+        (root / "ImageSets" / "Context").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Context" / f"{split}.txt").write_text("".join(f"{name}\n" for name in ids))
+        for name in ids:
+            ys, xs = np.mgrid[0:height, 0:width]
+            image = np.stack([xs * 255 // width, ys * 255 // height, rng.integers(0, 255, (height, width))], -1).astype(np.uint8)
+            write_image(root / "JPEGImages" / f"{name}.jpg", image)
+            blocks = rng.choice(PASCAL_CONTEXT_IDS, (4, 4))
+            label_map = np.kron(blocks, np.ones((height // 4, width // 4), dtype=np.int64)).astype(np.uint16)
+            (root / "pascal-context" / "trainval").mkdir(parents=True, exist_ok=True)
+            savemat(root / "pascal-context" / "trainval" / f"{name}.mat", {"LabelMap": label_map})
+            seg = rng.integers(0, 21, (height, width)).astype(np.uint8)
+            seg[0, :3] = 255
+            folder = "VOC12" if name == PASCAL_SPLITS["train"][0] else "pascal-context"
+            (root / "semseg" / folder).mkdir(parents=True, exist_ok=True)
+            picture = Image.fromarray(seg, mode="P")
+            picture.putpalette(voc_palette())
+            picture.save(root / "semseg" / folder / f"{name}.png")
+            sal = rng.integers(0, 256, (height, width)).astype(np.uint8)
+            write_image(root / "sal_distill" / f"{name}.png", sal)
+            normals_rgb = np.round((unit_normals(rng, height, width) + 1) / 2 * 255).astype(np.uint8)
+            write_image(root / "normals_distill" / f"{name}.png", normals_rgb)
+            objects, parts = _pascal_part_objects(name, rng, height, width)
+            (root / "human_parts").mkdir(parents=True, exist_ok=True)
+            savemat(root / "human_parts" / f"{name}.mat", {"anno": {"imname": name, "objects": objects}})
+            valid = np.isin(label_map, [3, 4, 6, 22, 59, 65, 284])  # the fixture's classes of NORMALS_CLASSES
+            normals = np.where(valid[..., None], 2.0 * normals_rgb.astype(np.float32) / 255.0 - 1.0, 0.0)
+            written[name] = {"image": image, "label_map": label_map.astype(np.int64), "seg": seg.astype(np.int64),
+                             "saliency": (sal / 255.0 > 0.5).astype(np.float32), "normals": normals.astype(np.float32),
+                             "human_parts": parts}
+    return written
+
+
+def _pascal_part_objects(name: str, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The PASCAL-Part ``anno.objects`` of one fixture image and the 7-class part labels the loader should derive."""
+    fields = ("class", "class_ind", "mask", "parts")
+    person = np.zeros((height, width), dtype=np.uint8)
+    person[4:28, 8:20] = 1
+    if name == PASCAL_SPLITS["train"][0]:
+        part_masks = {"head": (slice(4, 9), slice(10, 18)), "torso": (slice(9, 18), slice(8, 20)),
+                      "ruarm": (slice(9, 14), slice(8, 10)), "llleg": (slice(22, 28), slice(8, 14)), "rfoot": (slice(26, 28), slice(14, 20))}
+        parts = []
+        labels = np.zeros((height, width), dtype=np.int64)
+        for part_name, where in part_masks.items():
+            mask = np.zeros((height, width), dtype=np.uint8)
+            mask[where] = 1
+            parts.append({"part_name": part_name, "mask": mask})
+            labels[mask.astype(bool)] = {"head": 1, "torso": 2, "ruarm": 3, "llleg": 6, "rfoot": 6}[part_name]
+        dog = np.zeros((height, width), dtype=np.uint8)
+        dog[20:30, 22:30] = 1
+        objects = [{"class": "person", "class_ind": 15, "mask": person, "parts": mat_struct_array(parts, ("part_name", "mask"))},
+                   {"class": "dog", "class_ind": 12, "mask": dog, "parts": np.zeros((0, 0))}]
+        return mat_struct_array(objects, fields), labels
+    if name == PASCAL_SPLITS["train"][1]:
+        objects = [{"class": "person", "class_ind": 15, "mask": person, "parts": np.zeros((0, 0))}]
+    else:
+        objects = [{"class": "car", "class_ind": 7, "mask": person, "parts": np.zeros((0, 0))}]
+    return mat_struct_array(objects, fields), None
+
+
+NYUD_SPLITS = {"train": ["0003", "0004", "0005"], "val": ["0001", "0002"]}
+
+
+def write_nyud(root: Path, *, height: int = 32, width: int = 32, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """NYUD-v2 as ASTMT / Multi-Task-Learning-PyTorch ship it (``NYUD_MT``): ``images/*.jpg``, ``segmentation/*.png``
+    (uint8, 1 .. 40, 0 = unlabelled), ``depth/*.npy`` (float32 metres, 0 = missing), ``normals/*.npy`` (H x W x 3,
+    all-zero = unknown), ``edge/*.npy`` (float32 0/1) and ``gt_sets/{train,val}.txt``.
+
+    Returns image id -> the arrays written (image, segmentation, depth, normals, edge).
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, ids in NYUD_SPLITS.items():
+        (root / "gt_sets").mkdir(parents=True, exist_ok=True)
+        (root / "gt_sets" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for name in ids:
+            arrays = {
+                "image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                "segmentation": rng.integers(0, 41, (height, width)).astype(np.uint8),
+                "depth": (rng.random((height, width)) * 9.5 + 0.5).astype(np.float32),
+                "normals": unit_normals(rng, height, width),
+                "edge": (rng.random((height, width)) < 0.1).astype(np.float32),
+            }
+            arrays["depth"][:2] = 0.0
+            arrays["normals"][-2:] = 0.0
+            write_image(root / "images" / f"{name}.jpg", arrays["image"])
+            write_image(root / "segmentation" / f"{name}.png", arrays["segmentation"])
+            for folder in ("depth", "normals", "edge"):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                np.save(root / folder / f"{name}.npy", arrays[folder])
+            written[name] = arrays
+    return written

@@ -102,3 +102,19 @@ def test_grad_checkpointing_keeps_less_and_gives_the_same_gradients(output_strid
         assert torch.equal(b, c)  # batch-norm statistics updated once, not again by the recomputation
     checkpointed.set_grad_checkpointing(False)
     assert saved_bytes(checkpointed, image)[0] == kept_plain
+
+
+def test_hrnet_runs_at_its_native_strides_with_its_raw_branches_and_says_it_cannot_dilate():
+    from multitask_deeplab.models.heads import HRNetHead
+
+    backbone = TimmBackbone("hrnet_w18_small_v2", output_stride=32, out_indices=[1, 2, 3, 4], timm_args={"feature_location": ""})
+    assert backbone.channels == [18, 36, 72, 144] and backbone.reductions == [4, 8, 16, 32]
+    head = HRNetHead(backbone.channels, backbone.reductions, 5, channels=16)
+    features = backbone(torch.rand(1, 3, 64, 64))
+    assert head(features).shape == (1, 5, 16, 16), "every branch fused at the stride-4 one"
+    with pytest.raises(ValueError, match="cannot run at output_stride 8 .* use output_stride=32 to run it at its native strides"):
+        TimmBackbone("hrnet_w18_small_v2", output_stride=8)
+    with pytest.raises(ValueError, match="backbone_args may not set output_stride"):
+        TimmBackbone("resnet18", timm_args={"output_stride": 8})
+    with pytest.raises(ValueError, match=r"does not take an argument it was given .*feature_locaton.*; check model.backbone_args"):
+        TimmBackbone("hrnet_w18_small_v2", output_stride=32, timm_args={"feature_locaton": ""})

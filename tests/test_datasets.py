@@ -273,7 +273,7 @@ def test_folder_verify_reports_all_problems_and_sizes(tmp_path):
     problems = "\n".join(report.problems)
     assert len(report.problems) == 3, problems
     assert "seg/img1.png: seg is 10x10 but the image" in problems and "img1.jpg is 24x32" in problems
-    assert "seg/img3.png: seg PNGs hold class ids in one channel" in problems
+    assert "seg/img3.png: label PNGs hold class ids in one channel" in problems
     assert "different sizes" in problems and report.sizes == {(24, 32): 1, (30, 40): 1}
     resized = DATASETS.build(folder_cfg(tmp_path, targets=["seg"], size=[24, 32]), split="val").verify()
     assert resized.ok and resized.sizes == {(24, 32): 2}

@@ -23,8 +23,8 @@ def normals_map(*vectors: tuple[float, float, float]) -> torch.Tensor:
 def test_registry_holds_every_loss_with_its_kind():
     kinds = {name: [TASKS.name_of(kind) for kind in LOSSES.build({"type": name}).kinds] for name in LOSSES.names()}
     assert kinds == {
-        "berhu": ["depth"], "cosine": ["normals"], "cross_entropy": ["segmentation"], "l1": ["depth"], "log_l1": ["depth"],
-        "silog": ["depth"],
+        "balanced_bce": ["BinaryMapTask"], "berhu": ["depth"], "cosine": ["normals"], "cross_entropy": ["segmentation"],
+        "l1": ["depth"], "log_l1": ["depth"], "normals_l1": ["normals"], "silog": ["depth"],
     }
     assert {name: LOSSES.build({"type": name}).name for name in LOSSES.names()} == {name: name for name in LOSSES.names()}
     with pytest.raises(ValueError, match="did you mean 'silog'"):
@@ -208,3 +208,10 @@ def test_shape_mismatch_is_an_error():
         LOSSES.build({"type": "l1"})(torch.rand(1, 1, 2, 2), torch.rand(1, 1, 2, 3))
     with pytest.raises(ValueError, match="cosine needs B x 3 x H x W normals"):
         LOSSES.build({"type": "cosine"})(torch.rand(1, 1, 2, 2), torch.rand(1, 1, 2, 2))
+
+
+def test_normals_l1_is_the_mean_absolute_error_of_the_unit_prediction_over_valid_components():
+    loss = LOSSES.build({"type": "normals_l1"})
+    target = normals_map((0.0, 0.0, -1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0))  # the middle pixel is unknown
+    pred = normals_map((0.0, 0.0, -2.0), (5.0, 5.0, 5.0), (0.0, 1.0, 0.0))
+    assert loss(pred, target).item() == pytest.approx((0 + 0 + 0 + 1 + 1 + 0) / 6)

@@ -7,7 +7,7 @@ from multitask_deeplab.models.heads import HEADS, DenseHead
 from multitask_deeplab.models.heads.aspp import ASPP, default_rates
 from multitask_deeplab.models.model import MultiTaskModel
 
-HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 3}
+HEAD_CHANNELS = {"deeplabv3": 4, "deeplabv3plus": 3, "hrnet": 2}
 SMALL = {"channels": 16}
 
 

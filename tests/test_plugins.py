@@ -162,7 +162,8 @@ def test_unknown_names_suggest_the_closest_and_the_plugin_flag(capsys):
     err = one_line_error(capsys, "train", DEFAULT, "tasks.seg.kind=segmentaton", "--print-recipe")
     assert err == (
         "mtdl: error: tasks.seg.kind: unknown task kind 'segmentaton': did you mean 'segmentation'? registered task kinds are "
-        "depth, normals, segmentation; if it is your own, pass --plugin <the .py file or module that registers it>"
+        "depth, edges, human_parts, normals, saliency, segmentation; if it is your own, pass --plugin <the .py file or module "
+        "that registers it>"
     )
     err = one_line_error(capsys, "train", DEFAULT, "tasks.depth.head.type=depthplus", "--print-recipe")
     assert "heads are task-neutral since 0.2: use type: deeplabv3plus" in err
@@ -172,4 +173,4 @@ def test_unknown_names_suggest_the_closest_and_the_plugin_flag(capsys):
 
 def test_list_tasks(capsys):
     code, out, _ = run(capsys, "list", "tasks")
-    assert code == 0 and out.split() == ["depth", "normals", "segmentation"]
+    assert code == 0 and out.split() == ["depth", "edges", "human_parts", "normals", "saliency", "segmentation"]

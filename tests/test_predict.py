@@ -257,8 +257,8 @@ def test_sliding_window_on_the_real_model(trained):
 def test_bad_settings():
     with pytest.raises(ValueError, match="window must be at least the output stride"):
         Predictor(PixelModel(), KINDS, stride=16, device="cpu", window=8)
-    with pytest.raises(ValueError, match="task 'x': unknown task kind 'edges'"):
-        Predictor(PixelModel(), {"x": "edges"}, stride=16, device="cpu")
+    with pytest.raises(ValueError, match="task 'x': unknown task kind 'edgez'"):
+        Predictor(PixelModel(), {"x": "edgez"}, stride=16, device="cpu")
     with pytest.raises(ValueError, match="task 'x': task kind 'segmentation' failed to build: TypeError: .* missing 1 required keyword-only argument: 'num_classes'"):
         Predictor(PixelModel(), {"x": "segmentation"}, stride=16, device="cpu")
     assert isinstance(Predictor(PixelModel(), {"depth": "depth"}, stride=16, device="cpu").tasks["depth"], DepthTask)
@@ -416,3 +416,8 @@ def test_cli_applies_exif_orientation_and_keeps_dotted_names(trained, tmp_path):
     Image.new("RGB", (64, 48), (90, 120, 200)).save(folder / "phone.2024.jpg", exif=exif)
     assert run(str(trained[0]), str(folder), "--out", str(tmp_path / "out")) == 0
     assert Image.open(tmp_path / "out" / "phone.2024_depth.png").size == (48, 64)
+
+
+def test_scales_must_be_positive_factors():
+    with pytest.raises(ValueError, match=r"scales must be positive factors such as 0.75 1 1.25, got \[1.0, 0\]"):
+        Predictor(PixelModel(), KINDS, stride=16, device="cpu", scales=[1.0, 0])

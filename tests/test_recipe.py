@@ -116,7 +116,7 @@ def test_exponent_floats_without_dot_are_floats(text: str, value: float) -> None
 def test_unknown_keys_suggest_the_closest() -> None:
     assert error(BASE + "train: {epoch: 3}\n") == "unknown key train.epoch: did you mean train.epochs?"
     assert error(BASE + "trian: {}\n") == "unknown key trian: did you mean train?"
-    assert error(BASE + "eval: {zzz: 1}\n") == "unknown key eval.zzz: valid keys are batch_size, num_visualize, baselines, delta_m, delta_m_metrics"
+    assert error(BASE + "eval: {zzz: 1}\n") == "unknown key eval.zzz: valid keys are batch_size, num_visualize, baselines, delta_m, delta_m_metrics, protocol"
 
 
 @pytest.mark.parametrize(
@@ -136,8 +136,8 @@ def test_unknown_keys_suggest_the_closest() -> None:
          "schedule, poly_power, warmup_steps, amp, grad_clip, channels_last, seed, eval_interval, log_interval, "
          "output_dir, device, best_metric, nonfinite, max_skipped_steps, checkpoint_interval, grad_checkpointing, "
          "compile, sync_batchnorm, loggers, ema, early_stop, got 5"),
-        ("train: {optimizer: adam}",
-         "train.optimizer: expected one of 'adamw', 'sgd', got 'adam' (did you mean 'adamw'?)"),
+        ("train: {optimizer: adamww}",
+         "train.optimizer: expected one of 'adamw', 'adam', 'sgd', got 'adamww' (did you mean 'adamw'?)"),
         ("data: {when: 2024-01-01}", "data.when: unsupported value datetime.date(2024, 1, 1) (date); use null, "
          "booleans, numbers, strings, lists or mappings (quote dates and other special words)"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 def test_sample_format_and_value_ranges() -> None:
     dataset = ScenesDataset("val", num_samples=6, height=50, width=70)
     for sample in dataset.__getitems__(range(6)):
-        assert sample.keys() == {"image", "seg", "depth", "normals"}
+        assert sample.keys() == {"image", "seg", "depth", "normals", "edges"}
         assert sample["image"].shape == (3, 50, 70) and sample["image"].dtype == torch.float32
         assert sample["seg"].shape == (50, 70) and sample["seg"].dtype == torch.int64
         assert sample["depth"].shape == (1, 50, 70) and sample["depth"].dtype == torch.float32
@@ -284,3 +285,16 @@ def test_normals_face_the_camera() -> None:
         cosine = (out["normals"][i] * rays).sum(0) / rays.norm(dim=0)
         assert (cosine < 1e-4).all()
         assert (out["depth"][i] > 0).all()
+
+
+def test_the_edges_target_is_derived_from_the_labels_and_the_default_recipe_never_reads_it() -> None:
+    from multitask_deeplab.config import recipe as recipe_module
+    from multitask_deeplab.data.boundaries import label_boundaries
+    from multitask_deeplab.data.targets import batch_target_kinds
+    from multitask_deeplab.engine.build import build_tasks
+
+    dataset = ScenesDataset("val", num_samples=3, height=40, width=48)
+    for sample in dataset.__getitems__(range(3)):
+        assert torch.equal(sample["edges"], label_boundaries(sample["seg"])[None]) and sample["edges"].any()
+    default = recipe_module.load(Path(__file__).resolve().parents[1] / "recipes" / "scenes_seg_depth.yaml")
+    assert list(batch_target_kinds(dataset, build_tasks(default))) == ["seg", "depth"], "the trainer moves seg and depth only"

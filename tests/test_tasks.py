@@ -23,7 +23,7 @@ def recipe(tasks: str) -> recipe_module.Recipe:
 
 
 def test_the_built_in_kinds_are_registered_like_plugins():
-    assert TASKS.names() == ["depth", "normals", "segmentation"]
+    assert TASKS.names() == ["depth", "edges", "human_parts", "normals", "saliency", "segmentation"]
     assert [TASKS.get(name).registered_name for name in TASKS.names()] == TASKS.names()
     seg, depth, normals = SegmentationTask(num_classes=4), DepthTask(), NormalsTask()
     assert (seg.target, depth.target, normals.target) == ("seg", "depth", "normals")
@@ -43,7 +43,7 @@ def test_the_built_in_kinds_are_registered_like_plugins():
          "unknown key tasks.t.num_classes: task kind 'depth' takes activation, min_depth, max_depth, target"),
         ("  t: {kind: normal, head: {type: deeplabv3}}", "tasks.t.kind: unknown task kind 'normal': did you mean 'normals'?"),
         ("  t: {kind: depth, head: {type: depth}}",
-         "tasks.t.head.type: unknown head 'depth': registered heads are deeplabv3, deeplabv3plus; heads are task-neutral since "
+         "tasks.t.head.type: unknown head 'depth': registered heads are deeplabv3, deeplabv3plus, hrnet; heads are task-neutral since "
          "0.2: use type: deeplabv3 (the depth task applies its activation itself), and move activation/min_depth/max_depth"),
     ],
 )
@@ -122,7 +122,8 @@ def test_tasks_are_checked_against_the_dataset_targets():
         ({"seg": SegmentationTask(num_classes=13)}, "tasks.seg (segmentation (13 classes)) cannot read 'seg': the dataset's 'seg' has 5 classes, the task 13: set num_classes: 5"),
         ({"seg": SegmentationTask(num_classes=5, ignore_index=0 + 250)}, "the dataset marks unknown pixels of 'seg' with 255, the task with 250: set ignore_index: 255"),
         ({"d": DepthTask(target="seg")}, "tasks.d (depth) cannot read 'seg': the dataset's 'seg' holds segmentation targets"),
-        ({"e": DepthTask(target="edges")}, "tasks.e reads batch key 'edges', which dataset 'scenes' does not provide (it has depth, normals, seg); set tasks.e.target to one of them"),
+        ({"e": DepthTask(target="albedo")}, "tasks.e reads batch key 'albedo', which dataset 'scenes' does not provide (it has depth, edges, normals, seg); set tasks.e.target to one of them"),
+        ({"e": DepthTask(target="edges")}, "tasks.e (depth) cannot read 'edges': the dataset's 'edges' holds edges targets"),
     ]:
         with pytest.raises(ValueError) as info:
             check_tasks_fit(dataset, tasks, name="scenes")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_formats import write_cityscapes, write_folder, write_nyuv2
+from fixtures_formats import write_cityscapes, write_folder, write_nyud, write_nyuv2, write_pascal_context
 
 from multitask_deeplab.cli import main
 from multitask_deeplab.config import recipe as recipe_module
@@ -22,6 +22,8 @@ TINY_DATA = {
     "nyuv2": lambda tmp: [f"data.root={write_nyuv2_root(tmp)}"],
     "cityscapes": lambda tmp: [f"data.root={write_root(tmp, write_cityscapes)}", "data.size=[24,32]"],
     "folder": lambda tmp: [f"data.root={write_root(tmp, write_folder)}"],
+    "pascal_context": lambda tmp: [f"data.root={write_root(tmp, write_pascal_context)}", "data.size=[32,32]"],
+    "nyud": lambda tmp: [f"data.root={write_root(tmp, write_nyud)}"],
 }
 
 
@@ -41,6 +43,7 @@ def shrink(recipe_path: Path, tmp: Path) -> list[str]:
     overrides = [
         "train.steps=2", "train.warmup_steps=0", "train.batch_size=2", "train.amp=off", "train.device=cpu",
         "data.num_workers=0", "data.augment.crop=null", "eval.num_visualize=1", f"train.output_dir={tmp / 'run'}",
+        "model.pretrained=false",
     ]
     for name, task in recipe.tasks.items():
         if "channels" in _head_args(task.head["type"]):

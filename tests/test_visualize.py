@@ -150,7 +150,7 @@ def test_save_sample_sheet(tmp_path) -> None:
     dataset = ScenesDataset("val", num_samples=3, height=32, width=40)
     path = save_sample_sheet(dataset, tmp_path / "sheet.png", dataset.target_kinds, indices=range(3))
     sheet = np.asarray(Image.open(path))
-    assert sheet.shape == (14 + 3 * 32 + 4 * 2, 4 * 40 + 5 * 2, 3)  # titles, 3 rows, 4 columns
+    assert sheet.shape == (14 + 3 * 32 + 4 * 2, 5 * 40 + 6 * 2, 3)  # titles, 3 rows, 5 columns (image, seg, depth, normals, edges)
     assert np.array_equal(sheet[16:48, 2:42], V.image_to_uint8(dataset[0]["image"]))
     assert np.array_equal(sheet[16:48, 44:84], V.colorize_segmentation(dataset[0]["seg"], 5))
     kinds = {"seg": SegmentationTask(num_classes=2), "depth": DepthTask()}  # no depth in these samples: no column

@@ -81,21 +81,39 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS_WITH_OVERRIDES = ("train", "baselines", "sweep", "evaluate", "data")
+"""The sub-commands that take ``dotted.key=value`` overrides."""
+EVALUATE_SECTIONS = ("eval.", "data.")
+"""The recipe sections ``mtdl evaluate`` may override (the model and tasks are the checkpoint's)."""
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from multitask_deeplab.config import recipe as recipe_module
     from multitask_deeplab.data.loader import ShardSampler, build_dataset, build_loader
+    from multitask_deeplab.engine.build import check_components
     from multitask_deeplab.engine.delta_m import recipe_delta_m
-    from multitask_deeplab.engine.evaluate import evaluate
+    from multitask_deeplab.engine.evaluate import evaluate, protocol_lines
     from multitask_deeplab.engine.logs import format_table
     from multitask_deeplab.engine.restore import restore
+    from multitask_deeplab.inference.predictor import Predictor
     from multitask_deeplab.runtime.device import resolve_device
     from multitask_deeplab.runtime.distributed import DistInfo
     from multitask_deeplab.runtime.files import atomic_write
     from multitask_deeplab.runtime.precision import resolve_amp
 
+    for override in args.overrides:
+        if not override.startswith(EVALUATE_SECTIONS):
+            raise ValueError(
+                f"override {override!r}: mtdl evaluate takes eval.* and data.* overrides only (the model and tasks are "
+                "the checkpoint's), e.g. eval.protocol.depth.crop=eigen"
+            )
     device = resolve_device(args.device)
     model, recipe, tasks, _ = restore(args.checkpoint, device, ema=not args.no_ema)
+    if args.overrides:
+        recipe = recipe_module.from_dict(recipe_module.apply_overrides(recipe_module.to_dict(recipe), args.overrides))
+        check_components(recipe)
     dataset = build_dataset(recipe, args.split)
     loader = build_loader(
         dataset,
@@ -106,20 +124,46 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=device,
     )
     channels_last = recipe.train.channels_last  # the trainer's evaluation settings, so its figures come out again
-    if channels_last:
+    amp = resolve_amp(recipe.train.amp, device)
+    inference = {"tta_flip": args.tta, "scales": args.scales or [1.0], "window": args.window}
+    predict = None
+    if args.tta or args.scales or args.window:
+        predictor = Predictor(
+            model, tasks, stride=max(model.backbone.reductions), in_chans=recipe.model.in_chans, device=device, tta_flip=args.tta,
+            window=args.window, scales=args.scales or (1.0,), fold_bn=False, channels_last=channels_last,
+            precision="bf16" if amp == "bf16" else "fp32",
+        )  # fmt: skip
+        model, predict = predictor.model, predictor.predict_batch
+    elif channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metrics = evaluate(model, loader, tasks, device, amp=resolve_amp(recipe.train.amp, device), channels_last=channels_last)
+    metrics = evaluate(model, loader, tasks, device, amp=amp, channels_last=channels_last, protocols=recipe.eval.protocol, predict=predict)
     delta = recipe_delta_m(recipe, tasks, metrics)
-    report = {"split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta}
+    protocol = protocol_lines(tasks, recipe.eval.protocol)
+    report = {
+        "split": args.split, "checkpoint": str(args.checkpoint), "metrics": metrics, "delta_m": delta,
+        "protocol": {**recipe_module.to_dict(recipe.eval)["protocol"], "description": [line.strip() for line in protocol]},
+        "inference": inference,
+    }  # fmt: skip
     source, name = Path(args.checkpoint), f"eval_{args.split}.json"  # beside a checkpoint, in a folder, or here for a repo
     out = Path(args.out) if args.out else source.with_name(name) if source.is_file() else source / name if source.is_dir() else Path(name)
     atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
     print(f"metrics on the {args.split} split of {args.checkpoint}:")
     print(format_table(metrics))
+    print("\n".join(["evaluation protocol:", *protocol, f"  inference: {describe_inference(**inference)}"]))
     if delta is not None:
         print(f"  Δm vs single-task baselines ({recipe.eval.delta_m} protocol): {delta:+.2f} %")
     print(f"saved to {out}")
     return 0
+
+
+def describe_inference(*, tta_flip: bool, scales: Sequence[float], window: int | None) -> str:
+    """The inference options of an evaluation in a few words."""
+    parts = ["whole images" if window is None else f"a sliding window of {window} px"]
+    if list(scales) != [1.0]:
+        parts.append("scales " + ", ".join(f"{s:g}" for s in scales))
+    if tta_flip:
+        parts.append("averaged with the horizontal flip")
+    return ", ".join(parts)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -197,10 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
     evaluate.add_argument("checkpoint", metavar="model", help="a checkpoint, a folder written by save_pretrained, or a Hub repo id (org/name)")
+    evaluate.add_argument("overrides", nargs="*", help="eval.* and data.* overrides, e.g. eval.protocol.depth.crop=eigen")
     evaluate.add_argument("--no-ema", action="store_true", help="a checkpoint's trained weights, not their moving average")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint, in the folder, or here)")
+    evaluate.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    evaluate.add_argument("--scales", nargs="+", type=float, metavar="S", help="multi-scale inference, e.g. --scales 0.75 1 1.25")
+    evaluate.add_argument("--window", type=int, help="sliding-window tile size in pixels")
     evaluate.set_defaults(run=_evaluate)
 
     listing = commands.add_parser("list", help="list registered components or dilatable backbones")
@@ -228,8 +276,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """Parses the command line; ``dotted.key=value`` overrides may stand anywhere after the recipe, before or after
     the flags (``mtdl train r.yaml --plugin p.py train.steps=5``), and keep their order (a later one wins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(argv)
-    overrides = [token for token in extra if OVERRIDE.fullmatch(token)]
+    # Commands with overrides set them aside first, so a flag taking several values (--scales 0.75 1) stops before them.
+    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token)] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
+    args, extra = parser.parse_known_args([token for token in argv if token not in early])
+    overrides = early + [token for token in extra if OVERRIDE.fullmatch(token)]
     unknown = [token for token in extra if token not in overrides]
     if unknown or (overrides and not hasattr(args, "overrides")):
         hint = " (overrides are dotted.key=value)" if any("=" in token for token in unknown) else ""

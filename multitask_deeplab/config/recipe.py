@@ -48,12 +48,16 @@ class ModelConfig:
     local cache when it has them), a weights file or a folder holding ``model.safetensors`` (see
     :class:`~multitask_deeplab.models.backbone.TimmBackbone`).
 
+    ``backbone_args`` are further keyword arguments of ``timm.create_model``, e.g. ``{feature_location: ""}`` for
+    HRNet's raw branch outputs instead of its classification neck's.
+
     ``shared_trunk`` is null, or the arguments of a :class:`~multitask_deeplab.models.heads.SharedTrunk` (``channels``,
     ``rates``, ``separable``, ``dropout``, ``in_index``): one ASPP run once for every task, whose output the heads
     read as the last feature level (give them ``trunk: light``).
     """
 
     backbone: str = "resnet18"
+    backbone_args: dict[str, Any] = _opt(factory=dict)
     output_stride: Literal[8, 16, 32] = 16
     pretrained: bool | str = False
     in_chans: int = _opt(3, ge=1)
@@ -162,7 +166,7 @@ class TrainConfig:
     steps: int | None = _opt(None, ge=1)
     batch_size: int = _opt(8, ge=1)
     accumulate_steps: int = _opt(1, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = _opt(1.0e-3, gt=0)
     weight_decay: float = _opt(1.0e-4, ge=0)
     momentum: float = _opt(0.9, ge=0, lt=1)
@@ -214,14 +218,17 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Evaluation batch size (``None``: the training one), how many samples to visualise, and the single-task
-    baselines for Δm: a ``baselines.json`` path or ``{task: {metric: value}}`` (e.g. published numbers)."""
+    """Evaluation batch size (``None``: the training one), how many samples to visualise, the single-task
+    baselines for Δm (a ``baselines.json`` path or ``{task: {metric: value}}``, e.g. published numbers), and the
+    evaluation protocol of each task: ``protocol: {task: {argument: value}}``, keyword arguments of the task kind's
+    ``metrics()`` (e.g. ``{depth: {crop: eigen, max_depth: 10.0, average: image}, seg: {classes: all}}``)."""
 
     batch_size: int | None = _opt(None, ge=1)
     num_visualize: int = _opt(4, ge=0)
     baselines: str | dict[str, dict[str, float]] | None = None
     delta_m: Literal["task", "metric"] = "task"
     delta_m_metrics: dict[str, list[str]] | None = None
+    protocol: dict[str, dict[str, Any]] = _opt(factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -98,17 +98,20 @@ def accepted_keywords(builder: Callable[..., Any]) -> list[str] | None:
 
 
 def required_keywords(builder: Callable[..., Any]) -> list[str]:
-    """The keyword arguments ``builder`` cannot do without (no default), along its cooperative ``__init__`` chain."""
+    """The keyword arguments ``builder`` cannot do without (no default), along its cooperative ``__init__`` chain; an
+    argument a subclass gives a default is not required even when a base class requires it."""
     chain = [builder] if not inspect.isclass(builder) else [c.__init__ for c in builder.__mro__ if c is not object and "__init__" in vars(c)]
-    required: dict[str, None] = {}
+    required: dict[str, bool] = {}
     for function in chain:
         params = list(inspect.signature(function).parameters.values())
         if inspect.isclass(builder):
             params = params[1:]
-        required.update(dict.fromkeys(p.name for p in params if is_named(p) and p.default is p.empty))
+        for p in params:
+            if is_named(p) and p.name not in required:
+                required[p.name] = p.default is p.empty
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return list(required)
+    return [name for name, needed in required.items() if needed]
 
 
 def accepted_subset(builder: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,12 +30,13 @@ from multitask_deeplab.data.verify import (
     channels_first,
     natural_key,
     parse_size,
+    read_label_png,
     read_npy,
     read_png,
     read_png16,
     read_rgb,
+    read_stems,
     require_dir,
-    require_file,
     resolve,
 )
 
@@ -123,9 +124,8 @@ class Folder(FileDataset):
             return sorted(images, key=natural_key)
         if self.split not in splits:
             raise ValueError(f"folder split {self.split!r} has no stem list: splits gives {sorted(splits)}")
-        path = require_file(resolve(self.root, splits[self.split]), f"split file of {self.split!r}")
-        lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-        stems = [Path(line).stem if Path(line).suffix.lower() in IMAGE_SUFFIXES else line for line in lines if line]
+        path = resolve(self.root, splits[self.split])
+        stems = [Path(line).stem if Path(line).suffix.lower() in IMAGE_SUFFIXES else line for line in read_stems(path, f"split file of {self.split!r}")]
         missing = [stem for stem in stems if stem not in images]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -138,11 +138,7 @@ class Folder(FileDataset):
         files.update({key: self.labels[key][stem] for key in self.targets if stem in self.labels[key]})
         sample = {"image": read_rgb(files["image"])}
         if "seg" in files:
-            seg = read_png(files["seg"])
-            if seg.ndim != 2:
-                raise ValueError(f"{files['seg']}: seg PNGs hold class ids in one channel (grey or palette), "
-                                 f"got shape {seg.shape}")
-            sample["seg"] = torch.from_numpy(seg.astype(np.int64))
+            sample["seg"] = torch.from_numpy(read_label_png(files["seg"]))
         if "depth" in files:
             path = files["depth"]
             depth = (channels_first(read_npy(path), 1, path) if path.suffix.lower() == ".npy"

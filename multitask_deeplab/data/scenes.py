@@ -8,7 +8,9 @@ gives the class away; random object sizes keep apparent size from giving the dep
 directional light plus ambient; Gaussian pixel noise comes last.
 
 Labels: classes ``floor, wall, sphere, box, cylinder`` (ids 0..4). The ceiling is labelled ``wall``, so every ray
-hits a labelled surface and ``ignore_index`` never appears. Depth is z-depth along the optical axis in metres;
+hits a labelled surface and ``ignore_index`` never appears. ``edges`` are the thinned boundaries of the labels, derived
+as PASCAL-Context's edge labels are (:func:`~multitask_deeplab.data.boundaries.label_boundaries`); computing them draws
+no random number and changes no other target. Depth is z-depth along the optical axis in metres;
 normals are unit vectors in the camera frame (x right, y down, z forward) facing the camera. World frame: y up,
 the room spans ``[-w, w] x [0, h] x [-d, d]``.
 
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor
 
 from multitask_deeplab.data.base import DATASETS, IGNORE_INDEX
+from multitask_deeplab.data.boundaries import label_boundaries
 from multitask_deeplab.data.targets import standard_target_kinds
 from multitask_deeplab.tasks import TaskKind
 
@@ -422,7 +425,7 @@ def _render(scenes: _Scenes, height: int, width: int) -> dict[str, Tensor]:
 
 @DATASETS.register("scenes")
 class ScenesDataset(torch.utils.data.Dataset):
-    """Procedurally rendered rooms with segmentation, depth and normals labels (see the module docstring).
+    """Procedurally rendered rooms with segmentation, depth, normals and edges labels (see the module docstring).
 
     Args:
         split: "train", "val" or "test"; the splits never share a scene.
@@ -471,8 +474,8 @@ class ScenesDataset(torch.utils.data.Dataset):
 
     @property
     def target_kinds(self) -> dict[str, TaskKind]:
-        """The targets every sample holds: ``seg`` (5 classes), ``depth`` and ``normals``."""
-        return standard_target_kinds(("seg", "depth", "normals"), num_classes=self.num_classes, class_names=self.class_names)
+        """The targets every sample holds: ``seg`` (5 classes), ``depth``, ``normals`` and ``edges``."""
+        return standard_target_kinds(("seg", "depth", "normals", "edges"), num_classes=self.num_classes, class_names=self.class_names)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -494,6 +497,7 @@ class ScenesDataset(torch.utils.data.Dataset):
             torch.randn(3, self.height, self.width, generator=gen, out=noise[i])
         batch = _render(_pack(scenes, self.height), self.height, self.width)
         batch["image"].add_(noise.mul_(self.noise)).clamp_(0.0, 1.0)
+        batch["edges"] = label_boundaries(batch["seg"])[:, None]
         return [{key: value[i].contiguous() for key, value in batch.items()} for i in range(len(indices))]
 
     def __repr__(self) -> str:

@@ -13,17 +13,21 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from multitask_deeplab.tasks import DepthTask, NormalsTask, SegmentationTask, TaskKind
+from multitask_deeplab.tasks import DepthTask, EdgesTask, HumanPartsTask, NormalsTask, SaliencyTask, SegmentationTask, TaskKind
 
 
 def standard_target_kinds(
     keys: Iterable[str], *, num_classes: int | None = None, ignore_index: int = 255, class_names: Sequence[str] | None = None
 ) -> dict[str, TaskKind]:
-    """The kinds of the keys the built-in datasets use: ``seg`` (segmentation), ``depth`` and ``normals``."""
+    """The kinds of the keys the built-in datasets use: ``seg`` (segmentation, with the given classes), ``depth``,
+    ``normals``, ``edges``, ``saliency`` and ``human_parts`` (7 classes)."""
     makers = {
         "seg": lambda: SegmentationTask(num_classes=num_classes, ignore_index=ignore_index, class_names=class_names),
         "depth": DepthTask,
         "normals": NormalsTask,
+        "edges": EdgesTask,
+        "saliency": SaliencyTask,
+        "human_parts": lambda: HumanPartsTask(ignore_index=ignore_index),
     }
     return {key: makers[key]() for key in keys}
 

@@ -79,6 +79,21 @@ def read_png16(path: Path) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def read_label_png(path: Path) -> np.ndarray:
+    """Loads a PNG of class ids in one channel (8- or 16-bit grey, or palette indices) as an int64 H x W array."""
+    labels = read_png(path)
+    if labels.ndim != 2:
+        raise ValueError(f"{path}: label PNGs hold class ids in one channel (grey or palette), got shape {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def read_stems(path: Path, what: str) -> list[str]:
+    """The sample names a split file lists, one per line; blank lines and ``#`` comments are skipped."""
+    require_file(path, what)
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
 def read_rgb(path: Path) -> torch.Tensor:
     """Loads an image file as a 3xHxW float32 tensor in [0, 1] (grey and RGBA are converted to RGB)."""
     require_file(path, "image file")

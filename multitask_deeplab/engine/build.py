@@ -18,7 +18,7 @@ from torch import nn
 from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.migrate import renamed_head_hint
 from multitask_deeplab.config.recipe import Recipe, from_dict
-from multitask_deeplab.config.validation import RecipeError, accepted_subset, check_component, check_kwargs
+from multitask_deeplab.config.validation import RecipeError, accepted_subset, check_component, check_kwargs, did_you_mean
 from multitask_deeplab.data import DATASETS
 from multitask_deeplab.data.augment import build_augmentation
 from multitask_deeplab.errors import ComponentError, UnknownComponentError, describe_exception
@@ -55,6 +55,11 @@ def check_components(recipe: Recipe) -> None:
         _check_named(HEADS, task.head, f"{path}.head", reserved=RESERVED_HEAD_ARGS, hint=renamed_head_hint(str(task.head["type"])))
         if task.loss is not None:
             _check_named(LOSSES, task.loss, f"{path}.loss")
+    for name, options in recipe.eval.protocol.items():
+        if name not in recipe.tasks:
+            raise RecipeError(f"eval.protocol.{name}: no task {name!r} in tasks ({', '.join(recipe.tasks)})" + did_you_mean(name, recipe.tasks))
+        kind = recipe.tasks[name].kind
+        check_kwargs(TASKS.get(kind).metrics, options, f"eval.protocol.{name}", what=f"the metrics of task kind {kind!r}", reserved=("self",))
     _check_named(WEIGHTINGS, recipe.weighting, "weighting", reserved=("task_names", "task_kinds"))
     _check_named(DATASETS, recipe.data.dataset_cfg, "data", reserved=("split",))
     augment = Registry("augmentation", nn.Module)
@@ -78,8 +83,12 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, tasks=tasks)
 
 
-def check_model_fits_tasks(model: nn.Module, tasks: Mapping[str, TaskKind], losses: Mapping[str, DenseLoss], *, in_chans: int) -> None:
-    """Tries the model, every loss and every task's metrics on one small probe batch, before training starts.
+def check_model_fits_tasks(
+    model: nn.Module, tasks: Mapping[str, TaskKind], losses: Mapping[str, DenseLoss], *, in_chans: int,
+    protocols: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Tries the model, every loss and every task's metrics (under its ``eval.protocol``) on one small probe batch,
+    before training starts.
 
     The probe comes from its own random generator and the model runs in eval mode without gradients, so nothing the
     training computes afterwards changes. Catches a head that ignores its ``out_channels`` or fails on the backbone's
@@ -99,7 +108,7 @@ def check_model_fits_tasks(model: nn.Module, tasks: Mapping[str, TaskKind], loss
             for name, task in tasks.items():
                 target = task.prepare_target(task.example_target(2, PROBE_SIZE, PROBE_SIZE, generator)).to(device)
                 _probe_loss(name, losses[name], outputs[name].float(), target)
-                _probe_metrics(name, task, outputs[name].float(), target)
+                _probe_metrics(name, task, outputs[name].float(), target, (protocols or {}).get(name, {}))
     finally:
         model.train(was_training)
 
@@ -130,9 +139,14 @@ def _probe_loss(name: str, loss: DenseLoss, prediction: torch.Tensor, target: to
         raise ComponentError(f"tasks.{name}.loss: {loss.name!r} must return a finite scalar tensor, got {shown} on a valid probe target")
 
 
-def _probe_metrics(name: str, task: TaskKind, prediction: torch.Tensor, target: torch.Tensor) -> None:
+def _probe_metrics(name: str, task: TaskKind, prediction: torch.Tensor, target: torch.Tensor, protocol: Mapping[str, Any]) -> None:
+    if protocol:
+        try:
+            task.metrics(**protocol)
+        except ValueError as error:
+            raise ComponentError(f"eval.protocol.{name}: {error}") from error
     try:
-        metrics = task.metrics()
+        metrics = task.metrics(**protocol)
         metrics.update(prediction, target)
         names = metrics.compute()
     except Exception as error:
@@ -186,7 +200,10 @@ def build_model(recipe: Recipe, tasks: Mapping[str, TaskKind] | None = None) -> 
     """
     tasks = build_tasks(recipe) if tasks is None else tasks
     cfg = recipe.model
-    backbone = TimmBackbone(cfg.backbone, output_stride=cfg.output_stride, pretrained=cfg.pretrained, in_chans=cfg.in_chans, out_indices=cfg.out_indices)
+    backbone = TimmBackbone(
+        cfg.backbone, output_stride=cfg.output_stride, pretrained=cfg.pretrained, in_chans=cfg.in_chans, out_indices=cfg.out_indices,
+        timm_args=cfg.backbone_args,
+    )
     trunk = build_trunk(backbone, cfg.shared_trunk)
     heads = {
         name: build_head(backbone, recipe.tasks[name].head, task.out_channels, trunk, where=f"tasks.{name}.head")

@@ -28,12 +28,15 @@ def build_optimizer(
     momentum: float,
     device: torch.device,
 ) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or SGD with momentum."""
+    """AdamW (fused on CUDA), Adam (weight decay as an L2 term of the gradient, as ``torch.optim.Adam``) or SGD with
+    momentum."""
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, fused=device.type == "cuda")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False)
-    raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
+    raise ValueError(f"unknown optimizer {name!r}: use adamw, adam or sgd")
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str, power: float = 0.9) -> float:

@@ -34,7 +34,7 @@ from multitask_deeplab.engine.build import (
 )
 from multitask_deeplab.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from multitask_deeplab.engine.delta_m import recipe_delta_m
-from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, save_prediction_grid
+from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, protocol_lines, save_prediction_grid
 from multitask_deeplab.engine.features import forward_with_shared_features
 from multitask_deeplab.engine.logs import MetricsLog, StepLog, TensorBoardLog, format_table, require_tensorboard
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
@@ -138,7 +138,7 @@ class Trainer:
         self.tasks = build_tasks(recipe)
         self.losses = build_losses(recipe, self.tasks)
         model = build_model(recipe, self.tasks).to(self.device)
-        check_model_fits_tasks(model, self.tasks, self.losses, in_chans=recipe.model.in_chans)
+        check_model_fits_tasks(model, self.tasks, self.losses, in_chans=recipe.model.in_chans, protocols=recipe.eval.protocol)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.grad_checkpointing:
@@ -273,6 +273,8 @@ class Trainer:
             print(f"trained {self.step} steps in {elapsed:.0f} s ({self.seconds_per_step:.3f} s per step); "
                   "metrics on the val split (used for model selection; the test split never is):")
             print(format_table(self.last_metrics))
+            if lines := protocol_lines(self.tasks, self.recipe.eval.protocol):
+                print("\n".join(["evaluation protocol:", *lines]))
             delta = recipe_delta_m(self.recipe, self.tasks, self.last_metrics)
             if delta is not None:
                 print(f"  Δm vs single-task baselines ({self.recipe.eval.delta_m} protocol): {delta:+.2f} %")
@@ -404,7 +406,10 @@ class Trainer:
 
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
-        self.last_metrics = evaluate(self.evaluated_model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last)
+        self.last_metrics = evaluate(
+            self.evaluated_model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last,
+            protocols=self.recipe.eval.protocol,
+        )
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:

@@ -73,6 +73,10 @@ class Predictor:
             (probabilities and depth as they are, normals with their x component mirrored and renormalised).
         window: Sliding-window tile size in pixels for large images; tiles overlap by a third and are averaged.
             ``None`` runs whole images.
+        scales: Multi-scale inference: the image is resized by each factor (bilinear), predicted (with the flip and
+            the window), and each prediction is resized back and averaged, its values mapped back by the task's
+            kind as for a zoom by ``1 / scale`` (depth times the scale, the convention augmentation's zoom teaches
+            a model; probabilities and normals as they are).
         batch_size: Most images (or tiles' images) per forward pass.
         recipe: The recipe the model was built from, kept as ``predictor.recipe`` (class names, class counts).
         fold_bn: Fold eval-mode batch norms into the convolutions before them (into a copy: ``model`` itself is
@@ -102,6 +106,7 @@ class Predictor:
         device: str | torch.device | None = None,
         tta_flip: bool = False,
         window: int | None = None,
+        scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
         recipe: Recipe | None = None,
         fold_bn: bool = True,
@@ -116,6 +121,8 @@ class Predictor:
             raise ValueError(f"window must be at least the output stride ({stride}) pixels, got {window}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in scales):
+            raise ValueError(f"scales must be positive factors such as 0.75 1 1.25, got {list(scales)}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device, backend)
         if self.device.type == "cuda":
@@ -138,6 +145,7 @@ class Predictor:
         self.in_chans = in_chans
         self.tta_flip = tta_flip
         self.window = window
+        self.scales = tuple(float(s) for s in scales)
         self.batch_size = batch_size
         self.recipe = recipe
 
@@ -149,6 +157,7 @@ class Predictor:
         *,
         tta_flip: bool = False,
         window: int | None = None,
+        scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
         ema: bool = True,
         **options: Any,
@@ -160,7 +169,7 @@ class Predictor:
 
         Args:
             path: The checkpoint (``best.pt``, ``last.pt``).
-            device, tta_flip, window, batch_size: As for :class:`Predictor`.
+            device, tta_flip, window, scales, batch_size: As for :class:`Predictor`.
             ema: Predict with the moving average of the weights when the checkpoint has one (``train.ema``).
             options: ``fold_bn``, ``channels_last``, ``compile``, ``precision``, ``backend``, ``calibration``,
                 ``exported``, as for :class:`Predictor`; int8 without ``calibration`` or ``exported`` is calibrated
@@ -169,7 +178,7 @@ class Predictor:
         from multitask_deeplab.engine.restore import model_from_checkpoint
 
         load = functools.partial(model_from_checkpoint, path, ema=ema)
-        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, scales=scales, batch_size=batch_size, **options)
 
     @classmethod
     def from_pretrained(
@@ -180,6 +189,7 @@ class Predictor:
         revision: str | None = None,
         tta_flip: bool = False,
         window: int | None = None,
+        scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
         ema: bool = True,
         **options: Any,
@@ -190,12 +200,12 @@ class Predictor:
         Args:
             source: The folder, repo id (``org/name[@revision]``) or checkpoint.
             revision: For repo ids: the branch, tag or commit.
-            device, tta_flip, window, batch_size, ema, options: As for :meth:`from_checkpoint`.
+            device, tta_flip, window, scales, batch_size, ema, options: As for :meth:`from_checkpoint`.
         """
         from multitask_deeplab.engine.restore import restore
 
         load = functools.partial(restore, source, ema=ema, revision=revision)
-        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, batch_size=batch_size, **options)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, scales=scales, batch_size=batch_size, **options)
 
     @classmethod
     def _from_restored(cls, load: Callable[[], Restored], device: str | torch.device | None, **options: Any) -> Predictor:
@@ -245,8 +255,25 @@ class Predictor:
         Returns:
             ``{task: B x C_t x H x W}`` float32, each task's :meth:`~multitask_deeplab.tasks.TaskKind.prediction`
             (softmax probabilities for segmentation, metres for depth, unit vectors for normals), with test-time
-            flipping and the sliding window applied.
+            flipping, the scales and the sliding window applied.
         """
+        if self.scales == (1.0,):
+            return self._predict_tiled(image)
+        height, width = image.shape[-2:]
+        sums: dict[str, torch.Tensor] = {}
+        for scale in self.scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            resized = image if size == (height, width) else F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            back = torch.diag(torch.tensor([width / size[1], height / size[0]], device=image.device)).expand(image.shape[0], 2, 2)
+            for name, value in self._predict_tiled(resized).items():
+                if size != (height, width):
+                    value = F.interpolate(value, size=(height, width), mode="bilinear", align_corners=False)
+                value = self.tasks[name].transform_values(value, back)
+                sums[name] = sums[name] + value if name in sums else value
+        return {name: self.tasks[name].finish_average(total / len(self.scales)) for name, total in sums.items()}
+
+    def _predict_tiled(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions at the image's own scale: whole, or tile by tile with the sliding window."""
         height, width = image.shape[-2:]
         if self.window is None or (height <= self.window and width <= self.window):
             return self._predict_whole(image)

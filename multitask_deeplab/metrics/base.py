@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -42,6 +44,11 @@ class Metrics(ABC):
     @abstractmethod
     def compute(self) -> dict[str, float]:
         """The metrics over everything added since the last :meth:`reset`."""
+
+    def describe(self) -> str:
+        """How the metrics are computed, in a few words for the results table (the evaluation protocol); ``""``
+        when there is nothing to say beyond the metric names."""
+        return ""
 
     def reset(self) -> None:
         """Forgets everything added so far."""
@@ -84,3 +91,25 @@ class Metrics(ABC):
 def ratio(numerator: torch.Tensor | float, denominator: torch.Tensor | float) -> float:
     """``numerator / denominator`` as a float, NaN when the denominator is 0."""
     return float(numerator) / float(denominator) if float(denominator) > 0 else math.nan
+
+
+def parse_thresholds(owner: str, thresholds: int | Sequence[float]) -> list[float]:
+    """Thresholds of a metric over thresholds: ``n`` evenly spaced in ``(0, 1)`` (``linspace(1/(n+1), n/(n+1), n)``,
+    so 99 gives 0.01 .. 0.99 and 19 gives 0.05 .. 0.95), or the increasing values in ``(0, 1)`` given.
+
+    Args:
+        owner: Whose thresholds they are, for messages (e.g. ``"edges metrics"``).
+        thresholds: A count or a list of values.
+    """
+    if isinstance(thresholds, bool) or not isinstance(thresholds, (int, list, tuple)):
+        raise ValueError(f"{owner} thresholds must be a count or a list of values in (0, 1), got {thresholds!r}")
+    if isinstance(thresholds, int):
+        if thresholds < 1:
+            raise ValueError(f"{owner} thresholds must be at least 1, got {thresholds}")
+        return np.linspace(1.0 / (thresholds + 1), 1.0 - 1.0 / (thresholds + 1), thresholds).tolist()
+    values = [float(t) for t in thresholds if not isinstance(t, bool) and isinstance(t, (int, float))]
+    if len(values) != len(thresholds) or not values or not all(0 < t < 1 for t in values) or any(
+        b <= a for a, b in zip(values, values[1:])
+    ):
+        raise ValueError(f"{owner} thresholds must be a non-empty increasing list of values in (0, 1), got {list(thresholds)!r}")
+    return values

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from multitask_deeplab.config.validation import check_choice
 from multitask_deeplab.metrics.base import Metrics, ratio
+
+MIOU_CLASSES = ("present", "all")
 
 
 def _check_labels(what: str, labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
@@ -22,21 +26,26 @@ def _check_labels(what: str, labels: torch.Tensor, num_classes: int, ignore_inde
 class SegmentationMetrics(Metrics):
     """Confusion-matrix metrics: mIoU, pixel accuracy, mean class accuracy and per-class IoU.
 
-    ``miou`` averages the IoU of the classes with a non-zero union (present in the target or predicted
-    somewhere in the split); classes never seen nor predicted are left out of the mean and their
-    ``iou/<name>`` is NaN. ``mean_acc`` averages recall over the classes present in the target. Pixels
-    labelled ``ignore_index`` do not count.
+    With ``classes: present`` (the default, as torchmetrics and mmseg) ``miou`` averages the IoU of the classes with
+    a non-zero union (present in the target or predicted somewhere in the split); classes never seen nor predicted
+    are left out of the mean. With ``classes: all`` it averages over all ``num_classes`` classes, such a class
+    counting 0 (Multi-Task-Learning-PyTorch's ``tp / max(tp + fp + fn, 1e-8)``; LibMTL's plain mean would be NaN
+    there). Either way that class's ``iou/<name>`` is NaN. ``mean_acc`` averages recall over the classes present in
+    the target. Pixels labelled ``ignore_index`` do not count.
 
     Args:
         num_classes: Number of classes (>= 2).
         ignore_index: Target label of pixels to skip; must lie outside ``[0, num_classes)``.
         class_names: One name per class for the ``iou/<name>`` keys; ``class_<i>`` by default.
+        classes: Which classes ``miou`` averages over: ``"present"`` or ``"all"``.
     """
 
     HIGHER_IS_BETTER = {"miou": True, "pixel_acc": True, "mean_acc": True}
     PREFIXES = {"iou/": True}
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None, *, classes: str = "present"
+    ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"segmentation metrics need an integer num_classes >= 2, got {num_classes!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
@@ -52,6 +61,7 @@ class SegmentationMetrics(Metrics):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = names
+        self.classes = check_choice("segmentation metrics", "classes", classes, MIOU_CLASSES)
         super().__init__()
 
     def empty_state(self) -> dict[str, torch.Tensor]:
@@ -98,10 +108,40 @@ class SegmentationMetrics(Metrics):
         union = support + predicted - hits
         iou = [ratio(h, u) for h, u in zip(hits, union)]
         present = [value for value, u in zip(iou, union) if u > 0]
+        divisor = len(present) if self.classes == "present" else self.num_classes
         recalls = [ratio(h, s) for h, s in zip(hits, support) if s > 0]
         return {
-            "miou": ratio(sum(present), len(present)),
+            "miou": ratio(sum(present), divisor) if present else math.nan,
             "pixel_acc": ratio(hits.sum(), confusion.sum()),
             "mean_acc": ratio(sum(recalls), len(recalls)),
             **{f"iou/{name}": value for name, value in zip(self.class_names, iou)},
         }
+
+    def describe(self) -> str:
+        if self.classes == "all":
+            return f"mIoU over all {self.num_classes} classes, a class absent from target and prediction counting 0"
+        return "mIoU over the classes present in the split (in the target or the prediction)"
+
+
+class LabelledImagesMetrics(SegmentationMetrics):
+    """Segmentation metrics that also count the images with a label (any pixel not ``ignore_index``) as ``images``.
+
+    For a task whose label only some images have (human parts exist only where people are): the other images add
+    nothing to the confusion matrix, so every metric is over the labelled images, and ``images`` says how many.
+    """
+
+    HIGHER_IS_BETTER = {**SegmentationMetrics.HIGHER_IS_BETTER, "images": True}
+
+    def empty_state(self) -> dict[str, torch.Tensor]:
+        return {**super().empty_state(), "images": torch.zeros((), dtype=torch.int64)}
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(pred, target)
+        self.accumulate(images=(target != self.ignore_index).flatten(1).any(1).sum())
+
+    def compute(self) -> dict[str, float]:
+        return {**super().compute(), "images": float(self.state["images"])}
+
+    def describe(self) -> str:
+        return f"{super().describe()}; over the images that have the label"

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class TimmBackbone(nn.Module):
             there under ``HF_HUB_OFFLINE=1``. Keys and shapes of a file, folder or repo are checked against the model.
         in_chans: Number of input channels (e.g. 4 for RGB-D).
         out_indices: timm feature levels to return; ``None`` means all of them.
+        timm_args: Further keyword arguments of ``timm.create_model`` (e.g. ``{"feature_location": ""}``: HRNet's
+            raw branches instead of its classification neck's features).
 
     Attributes:
         channels: Channel count of each returned feature map, measured on a real tensor.
@@ -52,6 +54,7 @@ class TimmBackbone(nn.Module):
         pretrained: bool | str | os.PathLike = False,
         in_chans: int = 3,
         out_indices: Sequence[int] | None = None,
+        timm_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
@@ -60,7 +63,10 @@ class TimmBackbone(nn.Module):
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
         self.name = name
         self.output_stride = output_stride
-        kwargs: dict = {"features_only": True, "in_chans": in_chans}
+        taken = sorted(set(timm_args or {}) & {"features_only", "in_chans", "out_indices", "output_stride", "pretrained", "pretrained_cfg_overlay"})
+        if taken:
+            raise ValueError(f"backbone_args may not set {', '.join(taken)}: the model section sets them (output_stride, in_chans, out_indices, pretrained)")
+        kwargs: dict = {**(timm_args or {}), "features_only": True, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         source = _weights_source(name, pretrained)
@@ -228,11 +234,15 @@ def _create(name: str, *, pretrained: bool, output_stride: int, source: str, **k
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (AssertionError, TypeError) as error:
+        given = [key for key in kwargs if key not in ("features_only", "in_chans", "out_indices", "output_stride", "pretrained_cfg_overlay")]
+        if "unexpected keyword argument" in str(error) and any(f"'{key}'" in str(error) for key in given):
+            raise ValueError(f"backbone {name!r} does not take an argument it was given ({error}); check model.backbone_args") from error
         if output_stride == 32:
             raise ValueError(f"backbone {name!r} cannot be used as a feature extractor: {error}") from error
         raise ValueError(
             f"backbone {name!r} cannot run at output_stride {output_stride} (timm cannot dilate this family); "
-            f"use output_stride=32 with it, or a dilatable backbone such as {_DILATABLE_EXAMPLES}"
+            f"use output_stride=32 to run it at its native strides (HRNet keeps a stride-4 branch: pair it with the hrnet "
+            f"head), or a dilatable backbone such as {_DILATABLE_EXAMPLES}"
         ) from error
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]

@@ -156,7 +156,10 @@ class TaskKind:
 
     # --------------------------------------------------------------------------------------------- metrics
     def metrics(self) -> Metrics:
-        """A fresh accumulator of the task's metrics over a split."""
+        """A fresh accumulator of the task's metrics over a split.
+
+        A kind whose metrics can follow different evaluation protocols takes them as keyword arguments with
+        defaults; a recipe sets them per task in ``eval.protocol`` (checked against this signature)."""
         raise NotImplementedError
 
     def higher_is_better(self, metric: str) -> bool:

@@ -117,8 +117,12 @@ class DepthTask(TaskKind):
         visualize.save_png(panel, folder / f"{stem}_color.png")
         return panel
 
-    def metrics(self) -> DepthMetrics:
-        return DepthMetrics()
+    def metrics(self, *, min_depth: float = 1e-3, max_depth: float | None = None, crop: str | None = None, average: str = "pixel") -> DepthMetrics:
+        """The depth metrics under an evaluation protocol (``eval.protocol``; see
+        :class:`~multitask_deeplab.metrics.depth.DepthMetrics`): the valid target range ``min_depth`` .. ``max_depth``
+        (predictions clamped to it), ``crop`` (``None`` or ``"eigen"``) and ``average`` (``"pixel"`` or ``"image"``).
+        The NYUv2 protocol of BTS and AdaBins is ``max_depth: 10, crop: eigen, average: image``."""
+        return DepthMetrics(min_depth, max_depth, crop=crop, average=average)
 
     def __repr__(self) -> str:
         return f"DepthTask(activation={self.activation_name!r}, min_depth={self.min_depth}, max_depth={self.max_depth}, target={self.target!r})"

@@ -120,8 +120,10 @@ class SegmentationTask(TaskKind):
         visualize.save_png(panel, folder / f"{stem}_overlay.png")
         return panel
 
-    def metrics(self) -> SegmentationMetrics:
-        return SegmentationMetrics(self.num_classes, self.ignore_index, self.class_names)
+    def metrics(self, *, classes: str = "present") -> SegmentationMetrics:
+        """The confusion-matrix metrics; ``classes`` (``eval.protocol``): ``"present"`` or ``"all"``, the classes
+        mIoU averages over (see :class:`~multitask_deeplab.metrics.segmentation.SegmentationMetrics`)."""
+        return SegmentationMetrics(self.num_classes, self.ignore_index, self.class_names, classes=classes)
 
     def describe(self) -> str:
         return f"segmentation ({self.num_classes} classes)"
