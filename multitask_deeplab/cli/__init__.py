@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--grid", nargs="+", default=[], metavar="KEY=V1,V2",
-        help="recipe values to sweep, every combination once (e.g. train.lr=1e-3,2e-3 weighting.type=fixed,uncertainty)",
+        help="recipe values to sweep, every combination once (e.g. train.lr=1e-3,2e-3 weighting.type=fixed,uncertainty); "
+        "everything up to the next flag belongs to it, so give plain overrides before --grid",
     )
     sweep.add_argument(
         "--gradients", choices=("params", "features"),
@@ -277,7 +278,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     the flags (``mtdl train r.yaml --plugin p.py train.steps=5``), and keep their order (a later one wins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Commands with overrides set them aside first, so a flag taking several values (--scales 0.75 1) stops before them.
-    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token)] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
+    grid = _values_of("--grid", argv)  # KEY=V1,V2 items look like overrides but belong to --grid
+    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token) and token not in grid] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
     args, extra = parser.parse_known_args([token for token in argv if token not in early])
     overrides = early + [token for token in extra if OVERRIDE.fullmatch(token)]
     unknown = [token for token in extra if token not in overrides]
@@ -288,6 +290,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         tokens = [*args.overrides, *overrides]
         args.overrides = sorted(tokens, key=lambda token: argv.index(token))
     return args
+
+
+def _values_of(flag: str, argv: Sequence[str]) -> list[str]:
+    """The tokens after ``flag`` up to the next flag."""
+    if flag not in argv:
+        return []
+    values = []
+    for token in argv[list(argv).index(flag) + 1 :]:
+        if token.startswith("-"):
+            break
+        values.append(token)
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
