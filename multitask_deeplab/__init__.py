@@ -7,6 +7,7 @@ weighting strategies (``WEIGHTINGS``, :class:`Weighting`) and datasets (``DATASE
 
 from multitask_deeplab.data import DATASETS
 from multitask_deeplab.engine.build import create_model
+from multitask_deeplab.engine.restore import load_model
 from multitask_deeplab.losses import LOSSES, DenseLoss
 from multitask_deeplab.models.backbone import TimmBackbone
 from multitask_deeplab.models.heads import HEADS, DenseHead
@@ -17,5 +18,5 @@ from multitask_deeplab.weighting import WEIGHTINGS, Weighting
 __version__ = "0.2.0"
 __all__ = [
     "DATASETS", "HEADS", "LOSSES", "TASKS", "WEIGHTINGS", "DenseHead", "DenseLoss", "MultiTaskModel", "TaskKind",
-    "TimmBackbone", "Weighting", "create_model",
+    "TimmBackbone", "Weighting", "create_model", "load_model",
 ]  # fmt: skip

@@ -74,7 +74,7 @@ def test_weights_with_wrong_shapes_fail_naming_file(tmp_path):
 
 
 def test_missing_weights_file():
-    with pytest.raises(ValueError, match="pretrained weights file not found: /nowhere/w.pth"):
+    with pytest.raises(ValueError, match="pretrained weights not found: /nowhere/w.pth"):
         TimmBackbone("resnet18", pretrained="/nowhere/w.pth")
 
 

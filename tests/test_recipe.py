@@ -135,7 +135,7 @@ def test_unknown_keys_suggest_the_closest() -> None:
         ("train: 5", "train: expected a mapping of epochs, steps, batch_size, accumulate_steps, optimizer, lr, weight_decay, momentum, "
          "schedule, poly_power, warmup_steps, amp, grad_clip, channels_last, seed, eval_interval, log_interval, "
          "output_dir, device, best_metric, nonfinite, max_skipped_steps, checkpoint_interval, grad_checkpointing, "
-         "compile, sync_batchnorm, got 5"),
+         "compile, sync_batchnorm, loggers, ema, early_stop, got 5"),
         ("train: {optimizer: adamww}",
          "train.optimizer: expected one of 'adamw', 'adam', 'sgd', got 'adamww' (did you mean 'adamw'?)"),
         ("data: {when: 2024-01-01}", "data.when: unsupported value datetime.date(2024, 1, 1) (date); use null, "
@@ -162,8 +162,8 @@ def test_wrong_types(section: str, expected: str) -> None:
         ("model: {output_stride: 12}", "model.output_stride: expected one of 8, 16, 32, got 12"),
         ("model: {in_chans: 1}", "model.mean: has 3 values but model.in_chans is 1; give one value per input channel"),
         ("model: {std: [1, 0, 1]}", "model.std: every value must be > 0, got [1.0, 0.0, 1.0]"),
-        ("model: {pretrained: 'yes'}", "model.pretrained: expected true, false or a path to a weights file ending in "
-         ".safetensors/.pth/.pt/.bin, got 'yes'"),
+        ("model: {pretrained: 'hf-hub:'}", "model.pretrained: expected true, false, hf-hub:<org>/<name> (e.g. "
+         "hf-hub:timm/resnet50.a1_in1k), a weights file (.safetensors/.pth) or a folder holding one, got 'hf-hub:'"),
         ("model: {out_indices: [1, 1]}", "model.out_indices: expected null or a non-empty list of distinct feature "
          "levels such as [1, 4], got [1, 1]"),
         ("weighting: {init: 1}", "weighting.type: required, the registered name to build (got keys init)"),

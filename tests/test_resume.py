@@ -1,6 +1,6 @@
 """Bit-exact resume: a real ``mtdl train`` stopped by SIGTERM mid-epoch and resumed with ``--resume auto`` gives
 the same per-step losses, metrics and final state, bit for bit, as a run straight through (CPU, 2 workers,
-dropout and random augmentation on)."""
+dropout and random augmentation on, a moving average of the weights and early stopping's count kept)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # an epoch other than the first is at step 10. Stopping after it resumes mid-epoch, where the data loader's
 # persistent workers and the random generators must all pick up exactly where they were.
 STEPS, FIRST_MID_EPOCH_SAVE = 24, 10
-OVERRIDES = ["train.epochs=3", "train.checkpoint_interval=10", "data.num_workers=2", "--no-progress"]
+# The moving average and the early-stopping count are resumed too (patience 3 of 3 evaluations: it never stops).
+OVERRIDES = [
+    "train.epochs=3", "train.checkpoint_interval=10", "data.num_workers=2", "train.ema.decay=0.9", "train.early_stop.patience=3",
+    "--no-progress",
+]  # fmt: skip
 
 
 def stop_after_checkpoint(recipe: Path, run_dir: Path, *, timeout: float = 90) -> int:
@@ -67,6 +71,9 @@ def test_sigterm_then_resume_auto_is_bit_identical_to_a_straight_run(tmp_path, c
     assert a["step"] == b["step"] == STEPS
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"][key], b["ema"][key]), f"ema {key}"
+    assert not torch.equal(a["ema"]["heads.seg.classifier.weight"], a["model"]["heads.seg.classifier.weight"])
+    assert a["early_stop"] == b["early_stop"] and a["early_stop"]["best"] is not None
     for key, value in a["optimizer"]["state"].items():
         for name, tensor in value.items():
             assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)

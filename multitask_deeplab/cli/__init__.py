@@ -1,4 +1,4 @@
-"""The ``mtdl`` command line: train, evaluate, list, data."""
+"""The ``mtdl`` command line: train, baselines, sweep, evaluate, predict, export, push, list, data."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from multitask_deeplab import __version__
 from multitask_deeplab.cli.predict import add_commands
 
 EXIT_FAILED = 1
@@ -18,6 +19,8 @@ EXIT_BAD_INPUT = 2
 EXIT_CANNOT_WRITE = 4
 OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.*", re.DOTALL)
 """A ``dotted.key=value`` override."""
+DEFAULT_SWEEP_WEIGHTINGS = ["fixed", "uncertainty", "dwa", "pcgrad", "mgda"]
+"""The strategies ``mtdl sweep`` trains when neither ``--weightings`` nor ``--grid`` is given."""
 
 
 def _load_checked(args: argparse.Namespace):
@@ -51,23 +54,28 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.build import REGISTRIES, build_tasks
-    from multitask_deeplab.engine.sweep import format_sweep, level_variants, save_sweep, sweep
+    from multitask_deeplab.engine.sweep import format_sweep, level_variants, parse_grid, save_sweep, sweep, sweep_points
 
     recipe = _load_checked(args)
     registry = REGISTRIES["weightings"]
-    # "all": every registered strategy, fixed first so the others' cost reads against it.
-    strategies = sorted(registry.names(), key=lambda name: name != "fixed") if args.weightings == ["all"] else args.weightings
-    for strategy in strategies:
+    strategies = args.weightings if args.weightings is not None or args.grid else DEFAULT_SWEEP_WEIGHTINGS
+    if strategies == ["all"]:  # every registered strategy, fixed first so the others' cost reads against it
+        strategies = sorted(registry.names(), key=lambda name: name != "fixed")
+    for strategy in strategies or ():
         registry.get(strategy)
+    if args.gradients and not strategies:
+        raise ValueError(f"--gradients {args.gradients} chooses the level of the strategies of --weightings; give --weightings too")
     if args.gradients:
         strategies, left = level_variants(strategies, args.gradients)
         if left and args.weightings != ["all"]:
             raise ValueError(f"--gradients {args.gradients}: {', '.join(left)} has no such variant; leave it out of --weightings")
         if left:
             print(f"--gradients {args.gradients}: leaving out {', '.join(left)} (loss level, or no such variant)")
-    rows = sweep(recipe, strategies, gradients=args.gradients, overwrite=args.overwrite, show_progress=not args.no_progress)
+    points = sweep_points(recipe, strategies, grid=args.grid, gradients=args.gradients)
+    rows = sweep(recipe, points, overwrite=args.overwrite, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
-    table = format_sweep(rows, columns)
+    labels = [key for key, _ in parse_grid(args.grid)] + (["weighting"] if strategies else [])
+    table = format_sweep(rows, columns, labels)
     print("val-split metrics of each final model (the test split is never used for selection):")
     print(table)
     name = f"sweep-{args.gradients}" if args.gradients else "sweep"
@@ -90,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.delta_m import recipe_delta_m
     from multitask_deeplab.engine.evaluate import evaluate, protocol_lines
     from multitask_deeplab.engine.logs import format_table
-    from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.engine.restore import restore
     from multitask_deeplab.inference.predictor import Predictor
     from multitask_deeplab.runtime.device import resolve_device
     from multitask_deeplab.runtime.distributed import DistInfo
@@ -104,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "the checkpoint's), e.g. eval.protocol.depth.crop=eigen"
             )
     device = resolve_device(args.device)
-    model, recipe, tasks, _ = model_from_checkpoint(args.checkpoint, device)
+    model, recipe, tasks, _ = restore(args.checkpoint, device, ema=not args.no_ema)
     if args.overrides:
         recipe = recipe_module.from_dict(recipe_module.apply_overrides(recipe_module.to_dict(recipe), args.overrides))
         check_components(recipe)
@@ -141,7 +149,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         "protocol": {**recipe_module.to_dict(recipe.eval)["protocol"], "description": [line.strip() for line in protocol]},
         "inference": inference,
     }  # fmt: skip
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(f"eval_{args.split}.json")
+    source, name = Path(args.checkpoint), f"eval_{args.split}.json"  # beside a checkpoint, in a folder, or here for a repo
+    out = Path(args.out) if args.out else source.with_name(name) if source.is_file() else source / name if source.is_dir() else Path(name)
     atomic_write(out, lambda temp: temp.write_text(json.dumps(report, indent=2)))
     print(f"metrics on the {args.split} split of {args.checkpoint}:")
     print(format_table(metrics))
@@ -227,6 +236,7 @@ def _data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mtdl``."""
     parser = argparse.ArgumentParser(prog="mtdl", description="Multi-task dense prediction on one shared atrous backbone.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train from a recipe")
@@ -243,12 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--no-progress", action="store_true")
     baselines.set_defaults(run=_baselines)
 
-    sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies, print one table")
+    sweep = commands.add_parser("sweep", help="train the recipe under several weighting strategies or a grid of values, print one table")
     sweep.add_argument("recipe")
     sweep.add_argument("overrides", nargs="*")
     sweep.add_argument(
-        "--weightings", nargs="+", default=["fixed", "uncertainty", "dwa", "pcgrad", "mgda"], metavar="NAME",
-        help="strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column)",
+        "--weightings", nargs="+", metavar="NAME",
+        help=f"strategies to train, in order ('all' for every registered one; put fixed first for the '× fixed' column); "
+        f"default without --grid: {' '.join(DEFAULT_SWEEP_WEIGHTINGS)}",
+    )
+    sweep.add_argument(
+        "--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+        help="recipe values to sweep, every combination once (e.g. train.lr=1e-3,2e-3 weighting.type=fixed,uncertainty); "
+        "everything up to the next flag belongs to it, so give plain overrides before --grid",
     )
     sweep.add_argument(
         "--gradients", choices=("params", "features"),
@@ -258,11 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a split")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", metavar="model", help="a checkpoint, a folder written by save_pretrained, or a Hub repo id (org/name)")
     evaluate.add_argument("overrides", nargs="*", help="eval.* and data.* overrides, e.g. eval.protocol.depth.crop=eigen")
+    evaluate.add_argument("--no-ema", action="store_true", help="a checkpoint's trained weights, not their moving average")
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint)")
+    evaluate.add_argument("--out", help="metrics JSON (default: eval_<split>.json beside the checkpoint, in the folder, or here)")
     evaluate.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     evaluate.add_argument("--scales", nargs="+", type=float, metavar="S", help="multi-scale inference, e.g. --scales 0.75 1 1.25")
     evaluate.add_argument("--window", type=int, help="sliding-window tile size in pixels")
@@ -297,7 +314,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     the flags (``mtdl train r.yaml --plugin p.py train.steps=5``), and keep their order (a later one wins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Commands with overrides set them aside first, so a flag taking several values (--scales 0.75 1) stops before them.
-    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token)] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
+    grid = _values_of("--grid", argv)  # KEY=V1,V2 items look like overrides but belong to --grid
+    early = [token for token in argv[1:] if OVERRIDE.fullmatch(token) and token not in grid] if argv and argv[0] in COMMANDS_WITH_OVERRIDES else []
     args, extra = parser.parse_known_args([token for token in argv if token not in early])
     overrides = early + [token for token in extra if OVERRIDE.fullmatch(token)]
     unknown = [token for token in extra if token not in overrides]
@@ -308,6 +326,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         tokens = [*args.overrides, *overrides]
         args.overrides = sorted(tokens, key=lambda token: argv.index(token))
     return args
+
+
+def _values_of(flag: str, argv: Sequence[str]) -> list[str]:
+    """The tokens after ``flag`` up to the next flag."""
+    if flag not in argv:
+        return []
+    values = []
+    for token in argv[list(argv).index(flag) + 1 :]:
+        if token.startswith("-"):
+            break
+        values.append(token)
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The ``mtdl predict`` and ``mtdl export`` sub-commands."""
+"""The ``mtdl predict``, ``mtdl export`` and ``mtdl push`` sub-commands."""
 
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUMMARY_IMAGES = 4
 SUMMARY_SIDE = 512
 """Longest side of each picture on ``summary.png`` (a 6000 x 4000 input is shrunk; the prediction files are not)."""
+SOURCE_HELP = "a checkpoint written by `mtdl train`, a folder written by save_pretrained, or a Hugging Face Hub repo id (org/name[@rev])"
 INT8_CHECK_IMAGES = 16
 """Val images the int8 export is compared on against float32 PyTorch."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``predict`` and ``export`` to ``mtdl``'s sub-command parsers."""
+    """Adds ``predict``, ``export`` and ``push`` to ``mtdl``'s sub-command parsers."""
     predict = subparsers.add_parser("predict", help="predict every task for images and save pictures")
-    predict.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
+    predict.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
     predict.add_argument("inputs", nargs="+", help="image files, folders (their images) or glob patterns")
     predict.add_argument("--out", required=True, help="output folder (created)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -58,10 +59,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(run=_predict)
 
-    export = subparsers.add_parser("export", help="export a checkpoint's model to ONNX or safetensors")
-    export.add_argument("checkpoint", help="checkpoint written by `mtdl train`")
-    export.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
-    export.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx or .safetensors)")
+    export = subparsers.add_parser("export", help="export a model to ONNX, safetensors or a pretrained folder (for the Hub)")
+    export.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
+    export.add_argument("--format", choices=("onnx", "safetensors", "pretrained"), default="onnx")
+    export.add_argument("--out", help="file or folder to write (default: the checkpoint's name with .onnx, .safetensors or -pretrained)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     export.add_argument("--int8", action="store_true", help="also quantize to int8 for ONNX Runtime on the CPU (<out>.int8.onnx)")
     export.add_argument(
@@ -69,8 +70,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     export.set_defaults(run=_export)
 
-    for sub in (predict, export):
+    push = subparsers.add_parser("push", help="upload a model to the Hugging Face Hub as a pretrained folder")
+    push.add_argument("checkpoint", metavar="model", help=SOURCE_HELP)
+    push.add_argument("repo_id", help="the Hub repo to create or update, org/name")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--message", default="Upload with mtdl push", help="the commit message")
+    push.set_defaults(run=_push)
+
+    for sub in (predict, export, push):
         sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
+        sub.add_argument("--no-ema", action="store_true", help="a checkpoint's trained weights, not their moving average (train.ema)")
 
 
 # ----------------------------------------------------------------------------------------------------- predict
@@ -88,9 +97,10 @@ def _predict(args: argparse.Namespace) -> int:
     check_unique_stems(paths)
     out = Path(args.out)
     check_writable(out)
-    predictor = Predictor.from_checkpoint(
+    predictor = Predictor.from_pretrained(
         args.checkpoint,
         args.device,
+        ema=not args.no_ema,
         tta_flip=args.tta,
         window=args.window,
         batch_size=args.batch_size,
@@ -277,17 +287,22 @@ def _warn(message: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from multitask_deeplab.engine.restore import model_from_checkpoint
+    from multitask_deeplab.engine.restore import export_pretrained, restore
 
     if args.int8 and args.format != "onnx":
         raise ValueError("--int8 quantizes the ONNX export: use --format onnx")
     if args.calibration_images is not None and not args.int8:
         raise ValueError("--calibration-images sets the int8 calibration: add --int8")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".{args.format}")
+    suffix = {"onnx": ".onnx", "safetensors": ".safetensors", "pretrained": "-pretrained"}[args.format]
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + suffix)
+    if args.format == "pretrained":
+        export_pretrained(args.checkpoint, out, ema=not args.no_ema)
+        print(f"wrote {args.checkpoint} as a pretrained folder to {out} (recipe.yaml, model.safetensors, README.md)")
+        return 0
     if args.format == "safetensors":
         from multitask_deeplab.engine.checkpoint import export_safetensors
 
-        model = model_from_checkpoint(args.checkpoint).model
+        model = restore(args.checkpoint, ema=not args.no_ema).model
         export_safetensors(model, out)
         print(f"wrote the weights of {args.checkpoint} to {out}")
         return 0
@@ -295,7 +310,7 @@ def _export(args: argparse.Namespace) -> int:
     from multitask_deeplab.inference.quantize import CALIBRATION_IMAGES, sample_images
 
     require_onnx()
-    model, recipe, _, _ = model_from_checkpoint(args.checkpoint)
+    model, recipe, _, _ = restore(args.checkpoint, ema=not args.no_ema)
     count = CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
     calibration = sample_images(recipe, count) if args.int8 else []
     export_onnx(model, out, opset=args.opset)
@@ -307,11 +322,11 @@ def _export(args: argparse.Namespace) -> int:
         print(f"mtdl: error: the difference {difference:.3g} exceeds {TOLERANCE:g}; {out} does not reproduce the model", file=sys.stderr)
         return 1
     if args.int8:
-        _export_int8(args.checkpoint, out, recipe, calibration)
+        _export_int8(args.checkpoint, out, recipe, calibration, ema=not args.no_ema)
     return 0
 
 
-def _export_int8(checkpoint: str, out: Path, recipe: Any, calibration: list[torch.Tensor]) -> None:
+def _export_int8(checkpoint: str, out: Path, recipe: Any, calibration: list[torch.Tensor], *, ema: bool) -> None:
     """Quantizes the float32 export ``out`` to ``<out>.int8.onnx`` and prints how closely it follows float32
     PyTorch on held-out (val) images."""
     from multitask_deeplab.inference.agreement import compare_predictors, describe
@@ -322,7 +337,23 @@ def _export_int8(checkpoint: str, out: Path, recipe: Any, calibration: list[torc
     quantize_onnx(out, target, calibration)
     print(f"wrote {target}: int8 (QDQ: int8 weights per channel, uint8 activations), calibrated on {len(calibration)} training images")
     held_out = sample_images(recipe, INT8_CHECK_IMAGES, split="val")
-    reference = Predictor.from_checkpoint(checkpoint, "cpu", precision="fp32")
-    candidate = Predictor.from_checkpoint(checkpoint, "cpu", backend="onnxruntime", precision="int8", exported=target)
+    reference = Predictor.from_pretrained(checkpoint, "cpu", ema=ema, precision="fp32")
+    candidate = Predictor.from_pretrained(checkpoint, "cpu", ema=ema, backend="onnxruntime", precision="int8", exported=target)
     results = compare_predictors(reference, candidate, (image[None] for image in held_out))
     print(f"int8 vs float32 PyTorch on {len(held_out)} val images: {describe(results)}")
+
+
+# -------------------------------------------------------------------------------------------------------- push
+
+
+def _push(args: argparse.Namespace) -> int:
+    from multitask_deeplab.engine.restore import export_pretrained
+    from multitask_deeplab.runtime.hub import is_repo_id, upload_folder
+
+    if not is_repo_id(args.repo_id) or "@" in args.repo_id:
+        raise ValueError(f"repo id {args.repo_id!r}: expected org/name, e.g. my-name/scenes-seg-depth")
+    with tempfile.TemporaryDirectory(prefix="mtdl-push-") as folder:
+        export_pretrained(args.checkpoint, folder, ema=not args.no_ema, repo_id=args.repo_id)
+        url = upload_folder(folder, args.repo_id, private=args.private, message=args.message)
+    print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
+    return 0

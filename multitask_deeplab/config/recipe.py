@@ -1,9 +1,10 @@
 """Recipes: typed dataclasses filled from strict YAML, plus dotted command-line overrides.
 
 A recipe is read with a safe YAML loader that refuses duplicate keys and tags and reads ``1e-3`` as a float,
-then checked key by key against the dataclasses below: unknown keys, wrong types and out-of-range values raise a
-one-line :class:`RecipeError` naming the dotted key. Adding a setting is one line in a dataclass; ``ge``/``gt``/
-``le``/``lt`` in :func:`_opt` bound numbers, and a section's ``_check`` method checks fields against each other.
+merged over the recipes its ``base:`` names (:mod:`~multitask_deeplab.config.layers`), then checked key by key
+against the dataclasses below: unknown keys, wrong types and out-of-range values raise a one-line
+:class:`RecipeError` naming the dotted key. Adding a setting is one line in a dataclass; ``ge``/``gt``/``le``/``lt``
+in :func:`_opt` bound numbers, and a section's ``_check`` method checks fields against each other.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from multitask_deeplab.config.layers import merge_bases
 from multitask_deeplab.config.validation import RecipeError, did_you_mean
 from multitask_deeplab.config.yaml_io import Dumper, OverrideLoader, parse
 
 __all__ = [
-    "DataConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
+    "DataConfig", "EarlyStopConfig", "EmaConfig", "EvalConfig", "ModelConfig", "Recipe", "RecipeError", "TaskConfig", "TrainConfig",
     "apply_overrides", "differences", "dump", "from_dict", "load", "loads", "to_dict",
 ]
 
@@ -46,6 +48,10 @@ def _opt(default: Any = MISSING, *, factory: Any = None, **meta: Any) -> Any:
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The shared backbone, an optional trunk shared by the heads, and input normalisation.
+
+    ``pretrained`` is false, true (timm's default weights), ``hf-hub:<org>/<name>`` (a Hub repo's weights, from the
+    local cache when it has them), a weights file or a folder holding ``model.safetensors`` (see
+    :class:`~multitask_deeplab.models.backbone.TimmBackbone`).
 
     ``backbone_args`` are further keyword arguments of ``timm.create_model``, e.g. ``{feature_location: ""}`` for
     HRNet's raw branch outputs instead of its classification neck's.
@@ -76,10 +82,10 @@ class ModelConfig:
                 )
         if min(self.std) <= 0:
             raise RecipeError(f"{path}.std: every value must be > 0, got {self.std}")
-        if isinstance(self.pretrained, str) and not self.pretrained.endswith(WEIGHT_SUFFIXES):
+        if isinstance(self.pretrained, str) and self.pretrained.removeprefix("hf-hub:").strip() in ("", "."):
             raise RecipeError(
-                f"{path}.pretrained: expected true, false or a path to a weights file ending in "
-                f"{'/'.join(WEIGHT_SUFFIXES)}, got {self.pretrained!r}"
+                f"{path}.pretrained: expected true, false, hf-hub:<org>/<name> (e.g. hf-hub:timm/resnet50.a1_in1k), a "
+                f"weights file (.safetensors/.pth) or a folder holding one, got {self.pretrained!r}"
             )
         levels = self.out_indices
         if levels is not None and (not levels or len(set(levels)) < len(levels)):
@@ -126,8 +132,40 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ``ModelEmaV3``), updated after every optimizer step;
+    evaluation, ``best.pt``, prediction and export use it. ``warmup`` ramps the decay up from 0 (timm's
+    ``use_warmup``: ``1 - (1 + step)^(-2/3)``, capped at ``decay``), which suits short runs."""
+
+    decay: float = _opt(0.999, gt=0, lt=1)
+    warmup: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarlyStopConfig:
+    """Stop training when val ``metric`` (``task.metric``; ``train.best_metric`` when null) has not improved by more
+    than ``min_delta`` for ``patience`` evaluations in a row."""
+
+    metric: str | None = None
+    patience: int = _opt(5, ge=1)
+    min_delta: float = _opt(0.0, ge=0)
+
+    def _check(self, path: str) -> None:
+        _check_metric_name(self.metric, f"{path}.metric")
+
+
+def _check_metric_name(metric: str | None, path: str) -> None:
+    if metric is not None and not re.fullmatch(r"[^.]+\.[^.]+", metric):
+        raise RecipeError(f"{path}: expected 'task.metric' such as 'seg.miou', got {metric!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Optimisation, schedule, precision, logging and checkpointing."""
+    """Optimisation, schedule, precision, logging and checkpointing.
+
+    ``loggers``: ``jsonl`` (``metrics.jsonl``, always), ``csv`` (``metrics.csv``) and ``tensorboard`` (event files in
+    ``<output_dir>/tensorboard``, needs the ``tensorboard`` extra).
+    """
 
     epochs: int | None = _opt(10, ge=1)
     steps: int | None = _opt(None, ge=1)
@@ -155,8 +193,16 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     sync_batchnorm: bool = False
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = _opt(factory=lambda: ["jsonl", "csv"])
+    ema: EmaConfig | None = None
+    early_stop: EarlyStopConfig | None = None
 
     def _check(self, path: str) -> None:
+        if "jsonl" not in self.loggers or len(set(self.loggers)) < len(self.loggers):
+            raise RecipeError(
+                f"{path}.loggers: expected distinct loggers including jsonl (metrics.jsonl is the run's own record, read "
+                f"on resume and by sweeps), e.g. [jsonl, csv, tensorboard], got {self.loggers}"
+            )
         if self.epochs is None and self.steps is None:
             raise RecipeError(f"{path}.epochs: null needs {path}.steps; set one of them")
         if self.steps is not None and self.warmup_steps >= self.steps:
@@ -166,10 +212,7 @@ class TrainConfig:
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise RecipeError(f"{path}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.best_metric is not None and not re.fullmatch(r"[^.]+\.[^.]+", self.best_metric):
-            raise RecipeError(
-                f"{path}.best_metric: expected 'task.metric' such as 'seg.miou', got {self.best_metric!r}"
-            )
+        _check_metric_name(self.best_metric, f"{path}.best_metric")
         if not self.output_dir:
             raise RecipeError(f"{path}.output_dir: must not be empty")
 
@@ -222,25 +265,40 @@ class Recipe:
                 raise RecipeError(
                     f"tasks.{name}: task names use letters, digits and _ only (not starting with a digit)"
                 )
-        if self.train.best_metric is not None:
-            task = self.train.best_metric.split(".")[0]
-            if task not in self.tasks:
-                raise RecipeError(
-                    f"train.best_metric: task {task!r} is not in tasks ({', '.join(self.tasks)})"
-                    + did_you_mean(task, self.tasks)
-                )
+        watched = {"train.best_metric": self.train.best_metric}
+        if self.train.early_stop is not None:
+            watched["train.early_stop.metric"] = self.train.early_stop.metric
+        for key, metric in watched.items():
+            task = (metric or "").split(".")[0]
+            if metric is not None and task not in self.tasks:
+                raise RecipeError(f"{key}: task {task!r} is not in tasks ({', '.join(self.tasks)})" + did_you_mean(task, self.tasks))
 
 
 # ----------------------------------------------------------------------------------------------------- public API
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Reads and validates a recipe file.
+    """Reads and validates a recipe file; the files its ``base:`` names (relative to its folder) are merged under it
+    first (see :mod:`multitask_deeplab.config.layers`).
 
     Args:
         path: The YAML file.
         overrides: ``dotted.key=value`` strings applied before validation (see :func:`apply_overrides`).
     """
+    path = Path(path)
+    raw = merge_bases(_read_mapping(path), directory=path.parent, source=str(path), read=_read_mapping, chain=(path.resolve(),))
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def loads(text: str, overrides: Iterable[str] = (), *, source: str = "<recipe>", directory: str | Path = ".") -> Recipe:
+    """Parses and validates recipe YAML text; ``source`` names it in parse errors, and ``base:`` files are read
+    relative to ``directory``."""
+    raw = merge_bases(_parse_mapping(text, source), directory=Path(directory), source=source, read=_read_mapping)
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The recipe file at ``path``, parsed (its bases not merged yet)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_RECIPE_BYTES + 1)
@@ -251,17 +309,16 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         raise RecipeError(f"recipe file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"cannot read recipe {path}: {err}") from None
-    return loads(text, overrides, source=str(path))
+    return _parse_mapping(text, str(path))
 
 
-def loads(text: str, overrides: Iterable[str] = (), *, source: str = "<recipe>") -> Recipe:
-    """Parses and validates recipe YAML text; ``source`` names it in parse errors."""
+def _parse_mapping(text: str, source: str) -> dict[str, Any]:
     raw = parse(text, source)
     if not isinstance(raw, dict):
         got = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
         sections = ", ".join(_field_names(Recipe))
         raise RecipeError(f"{source}: the top level must be a mapping of sections ({sections}), got {got}")
-    return from_dict(apply_overrides(raw, overrides))
+    return raw
 
 
 def from_dict(raw: Mapping[str, Any]) -> Recipe:

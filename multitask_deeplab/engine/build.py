@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.migrate import renamed_head_hint
 from multitask_deeplab.config.recipe import Recipe, from_dict
 from multitask_deeplab.config.validation import RecipeError, accepted_subset, check_component, check_kwargs, did_you_mean
@@ -209,7 +210,8 @@ def build_model(recipe: Recipe, tasks: Mapping[str, TaskKind] | None = None) -> 
         for name, task in tasks.items()
     }
     activations = {name: task.activation() for name, task in tasks.items()}
-    model = MultiTaskModel(backbone, heads, activations=activations, trunk=trunk, mean=cfg.mean, std=cfg.std)
+    config = recipe_module.to_dict(recipe)
+    model = MultiTaskModel(backbone, heads, activations=activations, trunk=trunk, mean=cfg.mean, std=cfg.std, config=config)
     if cfg.init_from:
         init_from(model, cfg.init_from)
     return model

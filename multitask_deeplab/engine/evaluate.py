@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -91,10 +92,14 @@ def higher_is_better(tasks: Mapping[str, TaskKind], metric: str) -> bool:
 @torch.no_grad()
 def save_prediction_grid(
     model: nn.Module, batch: dict[str, torch.Tensor], tasks: Mapping[str, TaskKind], path: str | os.PathLike, *, amp: str = "off"
-) -> None:
-    """One row per image: the image, then each task's prediction next to its ground truth, coloured by its kind, each
-    picture with its kind's scale key (depth: colours scaled to the truth's 95th percentile, shared by both pictures),
-    and a last row of legends (segmentation: the class colours)."""
+) -> np.ndarray:
+    """Saves one row per image: the image, then each task's prediction next to its ground truth, coloured by its kind,
+    each picture with its kind's scale key (depth: colours scaled to the truth's 95th percentile, shared by both
+    pictures), and a last row of legends (segmentation: the class colours).
+
+    Returns:
+        The picture, ``H x W x 3`` uint8.
+    """
     device = batch["image"].device
     was_training = model.training
     model.eval()
@@ -113,4 +118,6 @@ def save_prediction_grid(
         rows.append(row)
     width = rows[0][0].shape[1]
     legends = [None, *(legend for task in tasks.values() for legend in (task.legend(2 * width), None))]
-    visualize.save_png(visualize.picture_sheet(rows, titles, legends), path)
+    grid = visualize.picture_sheet(rows, titles, legends)
+    visualize.save_png(grid, path)
+    return grid

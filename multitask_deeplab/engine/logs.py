@@ -1,12 +1,16 @@
-"""The per-run metrics log (JSON lines and CSV) and the table printed at the end."""
+"""The per-run logs: metrics (JSON lines, the record; CSV), per-step losses, TensorBoard; the table printed at the end."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from multitask_deeplab.runtime.files import atomic_write
 
@@ -21,11 +25,12 @@ class MetricsLog:
         output_dir: The run folder.
         step: The step training starts from.
         enabled: False on processes other than rank 0.
+        csv: Also write ``metrics.csv``.
     """
 
-    def __init__(self, output_dir: Path, *, step: int = 0, enabled: bool = True) -> None:
+    def __init__(self, output_dir: Path, *, step: int = 0, enabled: bool = True, csv: bool = True) -> None:
         self.jsonl = output_dir / "metrics.jsonl"
-        self.csv = output_dir / "metrics.csv"
+        self.csv = output_dir / "metrics.csv" if csv else None
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         if enabled and self.jsonl.is_file():
@@ -43,6 +48,8 @@ class MetricsLog:
 
     def _write(self) -> None:
         atomic_write(self.jsonl, lambda temp: temp.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
+        if self.csv is None:
+            return
         columns = list(dict.fromkeys(key for r in self.rows for key in r))
 
         def write_csv(temp: Path) -> None:
@@ -52,6 +59,51 @@ class MetricsLog:
                 writer.writerows(self.rows)
 
         atomic_write(self.csv, write_csv)
+
+
+class TensorBoardLog:
+    """The run's scalars and pictures as TensorBoard event files, through ``torch.utils.tensorboard``.
+
+    A ``{"val.seg.miou": 0.8}`` row becomes the scalar ``val/seg.miou`` (the first dot becomes the group separator).
+    Events an interrupted run wrote after ``start_step`` are hidden from TensorBoard (``purge_step``), so a resumed run
+    shows each step once; starting afresh in a used folder hides all earlier events.
+
+    Args:
+        folder: Where the event files go (``<output_dir>/tensorboard``).
+        start_step: The step training starts from.
+    """
+
+    def __init__(self, folder: Path, *, start_step: int) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=start_step)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Adds every finite value of ``values`` at ``step``."""
+        for key, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(key.replace(".", "/", 1), value, step)
+
+    def picture(self, tag: str, picture: np.ndarray, step: int) -> None:
+        """Adds an ``H x W x 3`` uint8 picture at ``step``."""
+        self.writer.add_image(tag, picture, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        """Writes what is buffered to the event file."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self.writer.close()
+
+
+def require_tensorboard(loggers: Sequence[str] = ("tensorboard",)) -> None:
+    """Raises a one-line ``ValueError`` that says what to install when ``loggers`` asks for TensorBoard without it."""
+    if "tensorboard" in loggers and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            'train.loggers: tensorboard needs the tensorboard package: pip install -e ".[tensorboard]" (or pip install tensorboard)'
+        )
 
 
 def format_table(metrics: dict[str, float], *, skip_per_class: bool = True) -> str:

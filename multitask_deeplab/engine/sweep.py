@@ -1,13 +1,18 @@
-"""Single-task baselines and weighting-strategy sweeps: several trainings of one recipe, one table."""
+"""Single-task baselines and sweeps (weighting strategies, any grid of recipe values): several trainings of one
+recipe, one table."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from multitask_deeplab.config import recipe as recipe_module
 from multitask_deeplab.config.recipe import Recipe
+from multitask_deeplab.engine.build import check_components, resolve_recipe
 from multitask_deeplab.engine.delta_m import recipe_delta_m, write_baselines
 from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.runtime.files import atomic_write
@@ -22,9 +27,8 @@ def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
 
 
 def train_baselines(recipe: Recipe, *, overwrite: bool = False, show_progress: bool = True) -> dict[str, dict[str, float]]:
-    """Trains one single-task model per task and writes ``<output_dir>/baselines/baselines.json``.
-
-    ``overwrite`` starts afresh over the runs of an earlier call (see :class:`Trainer`).
+    """Trains one single-task model per task and writes ``<output_dir>/baselines/baselines.json``; ``overwrite``
+    starts afresh over the runs of an earlier call (see :class:`Trainer`).
 
     Returns:
         ``{task: {metric: value}}``: each model's val metrics at the end of its training.
@@ -40,33 +44,99 @@ def train_baselines(recipe: Recipe, *, overwrite: bool = False, show_progress: b
     return baselines
 
 
-def sweep(
-    recipe: Recipe, strategies: Sequence[str], *, gradients: str | None = None, overwrite: bool = False, show_progress: bool = True
-) -> list[dict[str, float | str | None]]:
-    """Trains the recipe once per weighting strategy (default arguments) into ``<output_dir>/sweep/<row>``.
+SweepRow = dict[str, float | str | None]
 
-    Args:
-        recipe: The recipe (its ``weighting`` is replaced).
-        strategies: Registered names.
-        gradients: "params" or "features" for every gradient-level strategy (rows ``name@features``), or None for
-            each one's default; loss-level strategies train as they are.
-        overwrite: Start afresh over the runs of an earlier sweep (see :class:`Trainer`).
-        show_progress: Show the trainer's progress bars.
 
-    Returns:
-        One row per strategy: its val metrics, Δm against the recipe's baselines (None without them) and
-        the mean training-step time in seconds.
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One training of a sweep.
+
+    Attributes:
+        labels: ``{axis: value}`` as written on the command line, e.g. ``{"train.lr": "1e-3", "weighting": "pcgrad"}``.
+        recipe: The recipe of this point, writing into its own folder under ``<output_dir>/sweep``.
     """
-    folder = Path(recipe.train.output_dir) / "sweep"
-    rows = []
-    for strategy in strategies:
-        weighting, row = sweep_entry(strategy, gradients)
-        print(f"weighting strategy: {row}")
-        train = dataclasses.replace(recipe.train, output_dir=str(folder / row))
-        trainer = Trainer(dataclasses.replace(recipe, weighting=weighting, train=train), overwrite=overwrite, show_progress=show_progress)
-        metrics = trainer.fit()
-        rows.append({"weighting": row, **metrics, "delta_m": recipe_delta_m(recipe, trainer.tasks, metrics), "seconds_per_step": trainer.seconds_per_step})
-    return rows
+
+    labels: dict[str, str]
+    recipe: Recipe
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["train.lr=1e-3,2e-3", ...]`` as ``[("train.lr", ["1e-3", "2e-3"]), ...]``; commas inside brackets or quotes
+    belong to a value (``model.out_indices=[1,4],[2,4]`` has two)."""
+    axes = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        values = _split_top_level(text)
+        if not sep or not key or not all(values):
+            raise ValueError(f"--grid {item!r}: expected dotted.key=value1,value2,..., e.g. train.lr=1e-3,2e-3")
+        if key in (axis for axis, _ in axes):
+            raise ValueError(f"--grid names {key} twice; give all its values in one item: {key}=a,b,c")
+        axes.append((key, values))
+    return axes
+
+
+def _split_top_level(text: str) -> list[str]:
+    values, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*values, current.strip()]
+
+
+def sweep_points(
+    recipe: Recipe, strategies: Sequence[str] | None = None, *, grid: Sequence[str] = (), gradients: str | None = None
+) -> list[SweepPoint]:
+    """Every combination of the grid's values (the first axis varying slowest), each under every weighting strategy
+    when ``strategies`` are given (``weighting`` replaced by ``{type: strategy}``: default arguments; with
+    ``gradients``, every gradient-level strategy at that level, labelled ``name@level``, see :func:`sweep_entry`).
+
+    Each point's recipe is built and checked here, so a bad value fails before anything trains; it writes into
+    ``<output_dir>/sweep/<point>``, the point named by its values (``train.lr=1e-3_pcgrad``).
+
+    Raises:
+        ValueError: a malformed grid item, or a point whose recipe does not validate (the error names the point).
+    """
+    axes = parse_grid(grid)
+    if strategies and any(key.partition(".")[0] == "weighting" for key, _ in axes):
+        raise ValueError("--weightings replaces the whole weighting section, so --grid weighting.* would be lost; use one of them")
+    combinations = itertools.product(*[[(key, value) for value in values] for key, values in axes], strategies or [None])
+    folder, points, names = Path(recipe.train.output_dir) / "sweep", [], {}
+    for *settings, strategy in combinations:
+        weighting, row = sweep_entry(strategy, gradients) if strategy is not None else (None, None)
+        labels = dict(settings) | ({} if row is None else {"weighting": row})
+        shown = " ".join(f"{key}={value}" for key, value in labels.items())
+        name = point_name(labels)
+        if name in names:
+            raise ValueError(f"sweep points {names[name]} and {shown} would share the folder {folder / name}; give values that differ in letters or digits")
+        names[name] = shown
+        raw = recipe_module.apply_overrides(recipe_module.to_dict(recipe), [f"{key}={value}" for key, value in settings])
+        if weighting is not None:
+            raw["weighting"] = weighting
+        raw["train"]["output_dir"] = str(folder / name)
+        try:
+            point = recipe_module.from_dict(raw)
+            check_components(point)
+        except ValueError as error:
+            raise ValueError(f"sweep point {shown}: {error}") from error
+        points.append(SweepPoint(labels, resolve_recipe(point)))
+    return points
+
+
+def point_name(labels: dict[str, str]) -> str:
+    """A point's folder name: ``key=value`` per grid axis and the strategy, joined by ``_`` (other characters ``-``)."""
+    parts = [value if key == "weighting" else f"{key}={value}" for key, value in labels.items()]
+    return re.sub(r"[^A-Za-z0-9._=+@-]", "-", "_".join(parts))
 
 
 def sweep_entry(strategy: str, gradients: str | None) -> tuple[dict[str, str], str]:
@@ -87,24 +157,47 @@ def level_variants(strategies: Sequence[str], gradients: str) -> tuple[list[str]
     return kept, left
 
 
-def format_sweep(rows: list[dict[str, float | str | None]], columns: Sequence[str]) -> str:
-    """A markdown table of sweep rows over the given metric columns, plus Δm and time per step.
+def sweep(recipe: Recipe, points: Sequence[SweepPoint], *, overwrite: bool = False, show_progress: bool = True) -> list[SweepRow]:
+    """Trains every point (see :func:`sweep_points`); ``overwrite`` starts afresh over the runs of an earlier sweep
+    (see :class:`Trainer`).
 
-    When ``fixed`` is among the rows, a last column gives each strategy's time per step relative to it.
+    Returns:
+        One row per point: its labels, its val metrics, Δm against ``recipe``'s baselines (None without them) and the
+        mean training-step time in seconds.
     """
-    reference = next((row["seconds_per_step"] for row in rows if row["weighting"] == "fixed"), None)
-    header = ["weighting", *columns, "Δm %", "s/step", *(["× fixed"] if reference else [])]
+    rows = []
+    for point in points:
+        print(f"sweep point: {' '.join(f'{key}={value}' for key, value in point.labels.items())}")
+        trainer = Trainer(point.recipe, overwrite=overwrite, show_progress=show_progress)
+        metrics = trainer.fit()
+        delta = recipe_delta_m(recipe, trainer.tasks, metrics)
+        rows.append({**point.labels, **metrics, "delta_m": delta, "seconds_per_step": trainer.seconds_per_step})
+    return rows
+
+
+def format_sweep(rows: list[SweepRow], columns: Sequence[str], labels: Sequence[str] = ("weighting",)) -> str:
+    """A markdown table of sweep rows: the label columns, the given metric columns, Δm and time per step.
+
+    When a ``weighting`` column has ``fixed`` among its values, a last column gives each row's time per step relative
+    to the ``fixed`` row with the same other labels.
+    """
+    reference = {}
+    if "weighting" in labels:
+        others = [label for label in labels if label != "weighting"]
+        reference = {tuple(row[k] for k in others): row["seconds_per_step"] for row in rows if row["weighting"] == "fixed"}
+    header = [*labels, *columns, "Δm %", "s/step", *(["× fixed"] if reference else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         delta = "n/a" if row["delta_m"] is None else f"{row['delta_m']:+.2f}"
-        cells = [str(row["weighting"]), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
+        cells = [*(str(row[label]) for label in labels), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
         if reference:
-            cells.append(f"{row['seconds_per_step'] / reference:.2f}")
+            fixed = reference.get(tuple(row[k] for k in labels if k != "weighting"))
+            cells.append("n/a" if fixed is None else f"{row['seconds_per_step'] / fixed:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def save_sweep(folder: Path, rows: list[dict[str, float | str | None]], table: str, name: str = "sweep") -> Path:
+def save_sweep(folder: Path, rows: list[SweepRow], table: str, name: str = "sweep") -> Path:
     """Writes the table (``<name>.md``) and every row with all its metrics (``<name>.json``); returns the table's path."""
     atomic_write(folder / f"{name}.json", lambda temp: temp.write_text(json.dumps(rows, indent=2) + "\n"))
     atomic_write(folder / f"{name}.md", lambda temp: temp.write_text(table + "\n"))

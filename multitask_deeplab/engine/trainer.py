@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -43,8 +45,9 @@ from multitask_deeplab.engine.checkpoint import load_checkpoint, non_finite_tens
 from multitask_deeplab.engine.delta_m import recipe_delta_m
 from multitask_deeplab.engine.evaluate import evaluate, higher_is_better, protocol_lines, save_prediction_grid
 from multitask_deeplab.engine.features import forward_with_shared_features
-from multitask_deeplab.engine.logs import MetricsLog, StepLog, format_table
+from multitask_deeplab.engine.logs import MetricsLog, StepLog, TensorBoardLog, format_table, require_tensorboard
 from multitask_deeplab.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from multitask_deeplab.engine.stopping import EarlyStopping
 from multitask_deeplab.runtime.device import resolve_device
 from multitask_deeplab.runtime.distributed import (
     any_process,
@@ -128,6 +131,12 @@ class Trainer:
     out of their batch with a warning naming the file, and counted (``skipped_samples`` in ``metrics.jsonl``); a
     batch with no loadable sample stops training with that error.
 
+    **Moving average and early stopping**: with ``train.ema`` a moving average of the weights (timm's ``ModelEmaV3``)
+    is updated after every optimizer step, kept in the checkpoints (``ema``) and restored on resume; evaluation,
+    ``best.pt``, the pictures and, by default, ``mtdl evaluate``/``predict``/``export`` use it. With
+    ``train.early_stop`` training ends (after saving ``last.pt``) once the watched val metric has not improved for
+    ``patience`` evaluations; the count is kept in the checkpoint too.
+
     **Checkpoints** (``last.pt`` at each evaluation and every ``train.checkpoint_interval`` steps, ``best.pt``) are
     written to a temporary file and renamed, so a crash or a full disk never leaves a half-written one behind;
     SIGTERM and SIGINT save ``last.pt`` at the end of the current step (or evaluation) and exit with 128 + the
@@ -150,6 +159,7 @@ class Trainer:
         check_components(recipe)
         recipe = self.recipe = resolve_recipe(recipe)
         cfg = recipe.train
+        require_tensorboard(cfg.loggers)
         self.info = setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, local_rank=self.info.local_rank)
         self.amp = resolve_amp(cfg.amp, self.device)
@@ -178,6 +188,7 @@ class Trainer:
         self.augment = build_augmentation(**recipe.data.augment, targets=targets).to(self.device)
         self.best_metric = cfg.best_metric or self._default_best_metric()
         self.best_higher = higher_is_better(self.tasks, self.best_metric)
+        self.early_stop = self._early_stopping()
         resume_path = self._resume_path(resume)
 
         batch = cfg.batch_size
@@ -221,6 +232,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.shared_params = model.shared_parameters()
         self.head_params = [p for p in model.heads.parameters() if p.requires_grad]
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema else None
         if self.info.enabled:
             if recipe.train.sync_batchnorm:
                 model = convert_sync_batchnorm(model, self.device)
@@ -242,10 +254,10 @@ class Trainer:
             self._claim_output_dir(continuing=resume is not None, overwrite=overwrite)
             with self._writing(self.output_dir / "recipe.yaml"):
                 (self.output_dir / "recipe.yaml").write_text(recipe_module.dump(recipe))
-        self.log = MetricsLog(self.output_dir, step=self.step, enabled=self.info.is_main)
+        self.log = MetricsLog(self.output_dir, step=self.step, enabled=self.info.is_main, csv="csv" in cfg.loggers)
         self.step_log = StepLog(self.output_dir / "steps.jsonl", step=self.step, enabled=self.info.is_main)
-        if resume_path is not None and self.info.is_main:
-            print(f"resumed from {resume_path} at epoch {self.epoch}, step {self.step}")
+        tensorboard = "tensorboard" in cfg.loggers and self.info.is_main
+        self.tensorboard = TensorBoardLog(self.output_dir / "tensorboard", start_step=self.step) if tensorboard else None
 
     def _claim_output_dir(self, *, continuing: bool, overwrite: bool) -> None:
         """Creates and locks the output folder, refuses to start afresh over a run, deletes stale temporary files."""
@@ -279,6 +291,23 @@ class Trainer:
         name, task = next(iter(self.tasks.items()))
         return f"{name}.{task.primary_metric}"
 
+    def _early_stopping(self) -> EarlyStopping | None:
+        cfg = self.recipe.train.early_stop
+        if cfg is None:
+            return None
+        metric = cfg.metric or self.best_metric
+        try:
+            higher = higher_is_better(self.tasks, metric)
+        except ValueError as error:
+            raise ValueError(f"train.early_stop.metric: {error}") from error
+        return EarlyStopping(metric, higher_is_better=higher, patience=cfg.patience, min_delta=cfg.min_delta)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The model evaluation, ``best.pt`` and the pictures use: the moving average of the weights when
+        ``train.ema`` is set, else the model trained."""
+        return self.model if self.ema is None else self.ema.module
+
     def _resume_path(self, resume: str | None) -> Path | None:
         if resume is None:
             return None
@@ -299,12 +328,14 @@ class Trainer:
         if self.info.is_main:
             self._print_length()
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not (self.early_stop and self.early_stop.should_stop):
                 self._run_epoch(bar)
         finally:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             self.close()
         if self.info.is_main:
             if self.skipped_samples:
@@ -338,6 +369,7 @@ class Trainer:
         batches = iter(self.train_loader)
         for micro_batches in zip(*[batches] * micro):  # the loader's batches, accumulate_steps at a time
             self.skipped_samples += sum(len(batch.pop(SKIPPED_KEY, ())) for batch in micro_batches)
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             started = time.perf_counter()
             self._before_step = self._snapshot()
             losses = self.train_step(*micro_batches)
@@ -350,6 +382,9 @@ class Trainer:
                 self.epoch_loss_sums += torch.tensor([losses[n] for n in self.recipe.tasks], dtype=torch.float64)
                 if self.step % self.recipe.train.log_interval == 0 or self.step == 1:
                     bar.set_postfix(loss=f"{sum(losses.values()):.3f}", **{n: f"{v:.3f}" for n, v in losses.items()})
+                    if self.tensorboard is not None:
+                        weights = {f"step.weight.{name}": value for name, value in self.weighting.task_weights().items()}
+                        self.tensorboard.scalars({**{f"step.loss.{n}": v for n, v in losses.items()}, **weights, "step.lr": lr}, self.step)
             bar.update(1)
             interval = self.recipe.train.checkpoint_interval
             if interval and self.step % interval == 0:
@@ -404,6 +439,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model), step=self.step + 1)
         self.skipped_in_a_row = 0
         if self.weighting.needs_post_step_losses:
             self._post_step_losses(augmented)
@@ -471,12 +508,15 @@ class Trainer:
     def _evaluate_and_save(self) -> None:
         cfg = self.recipe.train
         self.last_metrics = evaluate(
-            self.model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last, protocols=self.recipe.eval.protocol
+            self.evaluated_model, self.val_loader, self.tasks, self.device, amp=self.amp, channels_last=cfg.channels_last,
+            protocols=self.recipe.eval.protocol,
         )
         value = self.last_metrics[self.best_metric]
         improved = self.best_value is None or (value > self.best_value if self.best_higher else value < self.best_value)
         if improved:
             self.best_value = value
+        if self.early_stop is not None and self.early_stop.update(self.last_metrics[self.early_stop.metric]) and self.info.is_main:
+            tqdm.write(f"early stop at step {self.step}: {self.early_stop.describe()}; last.pt holds this state, best.pt the best")
         if not self.info.is_main:
             return
         row = {"epoch": self.epoch, "step": self.step, **{f"train.loss.{k}": v for k, v in getattr(self, "train_losses", {}).items()}}
@@ -489,16 +529,22 @@ class Trainer:
             if improved:  # before last.pt: a run killed in between resumes before this evaluation and saves it again
                 self._save("best.pt")
             self._save("last.pt")
-            self._save_pictures()
+            picture = self._save_pictures()
+        if self.tensorboard is not None:
+            self.tensorboard.scalars({key: value for key, value in row.items() if key not in ("epoch", "step")}, self.step)
+            if picture is not None:
+                self.tensorboard.picture("val/predictions", picture, self.step)
+            self.tensorboard.flush()
 
-    def _save_pictures(self) -> None:
+    def _save_pictures(self) -> np.ndarray | None:
         count = self.recipe.eval.num_visualize
         if count <= 0:
-            return
+            return None
         samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
         batch = {key: torch.stack([s[key] for s in samples]).to(self.device) for key in samples[0]}
         (self.output_dir / "pictures").mkdir(exist_ok=True)
-        save_prediction_grid(self.model, batch, self.tasks, self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png", amp=self.amp)
+        path = self.output_dir / "pictures" / f"val_epoch{self.epoch:03d}.png"
+        return save_prediction_grid(self.evaluated_model, batch, self.tasks, path, amp=self.amp)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, name: str) -> None:
@@ -521,6 +567,10 @@ class Trainer:
             "recipe": recipe_module.to_dict(self.recipe),
             "rng": capture_rng(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        if self.early_stop is not None:
+            state["early_stop"] = self.early_stop.state_dict()
         with self._writing(self.output_dir / name):
             self.step_log.flush()
             save_checkpoint(self.output_dir / name, state)
@@ -587,6 +637,23 @@ class Trainer:
         self.skipped_total = state["skipped_steps"]
         self.skipped_samples = state.get("skipped_samples", 0)
         restore_rng(state["rng"])
+        notes = self._load_ema(state)
+        if self.early_stop is not None and "early_stop" in state:
+            self.early_stop.load_state_dict(state["early_stop"])
+            if self.early_stop.should_stop:
+                notes.append(f"it had stopped early ({self.early_stop.describe()}); raise train.early_stop.patience to go on")
+        if self.info.is_main:
+            print(f"resumed from {path} at epoch {self.epoch}, step {self.step}" + "".join(f"; {note}" for note in notes))
+
+    def _load_ema(self, state: dict[str, Any]) -> list[str]:
+        """Restores the moving average of a resumed run; returns notes when the checkpoint and the recipe disagree."""
+        if self.ema is None:
+            return ["its moving average of the weights is dropped (train.ema is not set)"] if "ema" in state else []
+        if "ema" not in state:
+            self.ema.module.load_state_dict(state["model"])
+            return ["the moving average of the weights starts from the resumed weights (the checkpoint has none)"]
+        self.ema.module.load_state_dict(state["ema"])
+        return []
 
     # ---------------------------------------------------------------------------------------------- signals
     def _request_stop(self, signum: int, frame: Any) -> None:

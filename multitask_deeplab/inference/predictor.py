@@ -10,9 +10,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from multitask_deeplab.tasks import TASKS, TaskKind
 
 if TYPE_CHECKING:
     from multitask_deeplab.config.recipe import Recipe
+    from multitask_deeplab.engine.restore import Restored
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 """A PIL image, an ``H x W x C`` (or ``H x W``) numpy array, or a ``C x H x W`` (or ``H x W``) tensor."""
@@ -157,6 +159,7 @@ class Predictor:
         window: int | None = None,
         scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
+        ema: bool = True,
         **options: Any,
     ) -> Predictor:
         """Rebuilds the model from the recipe stored in a checkpoint written by ``mtdl train``.
@@ -167,30 +170,54 @@ class Predictor:
         Args:
             path: The checkpoint (``best.pt``, ``last.pt``).
             device, tta_flip, window, scales, batch_size: As for :class:`Predictor`.
+            ema: Predict with the moving average of the weights when the checkpoint has one (``train.ema``).
             options: ``fold_bn``, ``channels_last``, ``compile``, ``precision``, ``backend``, ``calibration``,
                 ``exported``, as for :class:`Predictor`; int8 without ``calibration`` or ``exported`` is calibrated
                 on images spread over the recipe's train split.
         """
         from multitask_deeplab.engine.restore import model_from_checkpoint
+
+        load = functools.partial(model_from_checkpoint, path, ema=ema)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, scales=scales, batch_size=batch_size, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        device: str | torch.device | None = None,
+        *,
+        revision: str | None = None,
+        tta_flip: bool = False,
+        window: int | None = None,
+        scales: Sequence[float] = (1.0,),
+        batch_size: int = 8,
+        ema: bool = True,
+        **options: Any,
+    ) -> Predictor:
+        """A predictor for a folder written by ``save_pretrained``, a Hugging Face Hub repo id (``org/name``, from
+        the local cache when it has it and always under ``HF_HUB_OFFLINE=1``) or a checkpoint.
+
+        Args:
+            source: The folder, repo id (``org/name[@revision]``) or checkpoint.
+            revision: For repo ids: the branch, tag or commit.
+            device, tta_flip, window, scales, batch_size, ema, options: As for :meth:`from_checkpoint`.
+        """
+        from multitask_deeplab.engine.restore import restore
+
+        load = functools.partial(restore, source, ema=ema, revision=revision)
+        return cls._from_restored(load, device, tta_flip=tta_flip, window=window, scales=scales, batch_size=batch_size, **options)
+
+    @classmethod
+    def _from_restored(cls, load: Callable[[], Restored], device: str | torch.device | None, **options: Any) -> Predictor:
+        """Checks the precision and backend, then loads the model (and calibrates int8 on its recipe's images)."""
         from multitask_deeplab.inference.quantize import sample_images
 
         precision = resolve_precision(options.get("precision", DEFAULT_PRECISION), resolve_device(device), options.get("backend", "torch"))
-        model, recipe, tasks, _ = model_from_checkpoint(path)
+        model, recipe, tasks, _ = load()
         if precision == "int8" and options.get("calibration") is None and options.get("exported") is None:
             options["calibration"] = sample_images(recipe)
-        return cls(
-            model,
-            tasks,
-            stride=max(model.backbone.reductions),
-            in_chans=recipe.model.in_chans,
-            device=device,
-            tta_flip=tta_flip,
-            window=window,
-            scales=scales,
-            batch_size=batch_size,
-            recipe=recipe,
-            **options,
-        )
+        stride = max(model.backbone.reductions)
+        return cls(model, tasks, stride=stride, in_chans=recipe.model.in_chans, device=device, recipe=recipe, **options)
 
     def __call__(
         self, images: ImageLike | Sequence[ImageLike], *, probabilities: bool = False

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,11 @@ import timm
 import torch
 import torch.utils.checkpoint
 from timm.models import FeatureDictNet
+from timm.models._hub import load_state_dict_from_path
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from multitask_deeplab.runtime.hub import hub_errors, is_repo_id, split_revision
 
 OUTPUT_STRIDES = (8, 16, 32)
 _PROBE_SIZE = 64
@@ -27,8 +31,11 @@ class TimmBackbone(nn.Module):
     Args:
         name: timm model name, e.g. ``"resnet50"``.
         output_stride: 8 or 16 (dilated), or 32 (timm's native striding; no dilation requested).
-        pretrained: ``False``; ``True`` for timm's default weights (needs a network); or a local
-            ``.safetensors``/``.pth`` file, whose keys are checked against the model.
+        pretrained: ``False``; ``True`` for timm's default weights; ``"hf-hub:<org>/<name>"`` for the weights of a
+            Hub repo (e.g. ``hf-hub:timm/resnet50.a1_in1k``); a local ``.safetensors``/``.pth`` file; or a folder
+            holding ``model.safetensors`` or ``pytorch_model.bin`` (as ``timm.models.save_for_hf`` or ``hf download
+            --local-dir`` write it). Hub weights come from huggingface_hub's cache when it has them, and only from
+            there under ``HF_HUB_OFFLINE=1``. Keys and shapes of a file, folder or repo are checked against the model.
         in_chans: Number of input channels (e.g. 4 for RGB-D).
         out_indices: timm feature levels to return; ``None`` means all of them.
         timm_args: Further keyword arguments of ``timm.create_model`` (e.g. ``{"feature_location": ""}``: HRNet's
@@ -56,17 +63,19 @@ class TimmBackbone(nn.Module):
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
         self.name = name
         self.output_stride = output_stride
-        weights_file = _weights_file(pretrained)
         taken = sorted(set(timm_args or {}) & {"features_only", "in_chans", "out_indices", "output_stride", "pretrained", "pretrained_cfg_overlay"})
         if taken:
             raise ValueError(f"backbone_args may not set {', '.join(taken)}: the model section sets them (output_stride, in_chans, out_indices, pretrained)")
         kwargs: dict = {**(timm_args or {}), "features_only": True, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
-        if weights_file is not None:
-            _check_weights_file(name, weights_file, output_stride=output_stride, **kwargs)
-            kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
-        self.body = _create(name, pretrained=bool(pretrained), output_stride=output_stride, weights_file=weights_file, **kwargs)
+        source = _weights_source(name, pretrained)
+        with source.errors():
+            if source.read is not None:
+                _check_weights(name, source.read(), source.label, output_stride=output_stride, **kwargs)
+            if source.overlay:
+                kwargs["pretrained_cfg_overlay"] = source.overlay
+            self.body = _create(name, pretrained=bool(pretrained), output_stride=output_stride, source=source.label, **kwargs)
         self.in_chans = in_chans
         self.grad_checkpointing = False
         try:
@@ -169,19 +178,59 @@ class _FrozenNormStats:
             m.num_batches_tracked.copy_(count)
 
 
-def _weights_file(pretrained: bool | str | os.PathLike) -> Path | None:
-    """The local weights file named by ``pretrained``, checked to exist, or None for bool values."""
-    if isinstance(pretrained, bool):
-        return None
+HF_HUB_PREFIX = "hf-hub:"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSource:
+    """Where ``pretrained`` weights come from, in timm's terms.
+
+    Attributes:
+        label: The source in messages.
+        overlay: timm's ``pretrained_cfg_overlay`` that points it there (empty: timm's default weights or none).
+        read: Reads the state dict, to check its keys before timm loads it (None: not checked).
+        repo_id: The Hub repo the weights come from, if any (for the cache and offline messages).
+    """
+
+    label: str
+    overlay: dict[str, str] = dataclasses.field(default_factory=dict)
+    read: Callable[[], dict[str, torch.Tensor]] | None = None
+    repo_id: str | None = None
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Turns Hub failures (not cached offline, no such repo) into one-line errors naming the weights."""
+        return hub_errors("backbone weights", self.repo_id) if self.repo_id else contextlib.nullcontext()
+
+
+def _weights_source(name: str, pretrained: bool | str | os.PathLike) -> WeightsSource:
+    """What ``pretrained`` names: nothing, timm's default weights, an ``hf-hub:`` repo, a folder or a file."""
+    if pretrained is False:
+        return WeightsSource("no weights")
+    if pretrained is True:
+        repo_id = timm.get_pretrained_cfg_value(name, "hf_hub_id") if timm.is_model(timm.models.split_model_name_tag(name)[0]) else None
+        return WeightsSource("timm's default weights", repo_id=repo_id)
+    text = str(pretrained)
+    if text.startswith(HF_HUB_PREFIX):
+        repo = text.removeprefix(HF_HUB_PREFIX)
+        if not is_repo_id(repo):
+            raise ValueError(f"pretrained {text!r}: expected hf-hub:<org>/<name>[@revision], e.g. hf-hub:timm/resnet50.a1_in1k")
+        overlay = {"source": "hf-hub", "hf_hub_id": repo}
+        return WeightsSource(text, overlay, lambda: timm.models.load_state_dict_from_hf(repo), split_revision(repo)[0])
     path = Path(pretrained)
+    if path.is_dir():
+        return WeightsSource(str(path), {"source": "local-dir", "file": str(path)}, lambda: load_state_dict_from_path(path))
     if not path.is_file():
-        raise ValueError(f"pretrained weights file not found: {path} (give an existing .safetensors/.pth file, or true/false)")
-    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(
+            f"pretrained weights not found: {path} (give a .safetensors/.pth file, a folder holding model.safetensors or "
+            "pytorch_model.bin, hf-hub:<org>/<name>, or true/false)"
+        )
+    if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"pretrained weights file {path} must be .safetensors or .pth, got {path.suffix!r}")
-    return path
+    return WeightsSource(str(path), {"file": str(path)}, lambda: timm.models.load_state_dict(str(path)))
 
 
-def _create(name: str, *, pretrained: bool, output_stride: int, weights_file: Path | None, **kwargs) -> nn.Module:
+def _create(name: str, *, pretrained: bool, output_stride: int, source: str, **kwargs) -> nn.Module:
     """``timm.create_model`` with its errors turned into ones that say what to change."""
     if not timm.is_model(timm.models.split_model_name_tag(name)[0]):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -204,20 +253,18 @@ def _create(name: str, *, pretrained: bool, output_stride: int, weights_file: Pa
             f"{_DILATABLE_EXAMPLES}"
         ) from error
     except RuntimeError as error:
-        source = weights_file or "timm's default weights (needs a network)"
         first_line = str(error).strip().splitlines()[0]
         raise ValueError(f"could not load pretrained weights {source} into backbone {name!r}: {first_line}") from error
 
 
-def _check_weights_file(name: str, path: Path, *, output_stride: int, **kwargs) -> None:
-    """Fails when a weights file does not fit the model (timm's load with ``features_only`` is not strict).
+def _check_weights(name: str, file_state: dict[str, torch.Tensor], source: str, *, output_stride: int, **kwargs) -> None:
+    """Fails when weights do not fit the model (timm's load with ``features_only`` is not strict).
 
     Compares keys and shapes against the model built on the meta device, before anything is loaded.
     """
-    file_state = timm.models.load_state_dict(str(path))
     with torch.device("meta"):
         full = timm.create_model(name, in_chans=kwargs["in_chans"]).state_dict()
-        features = _create(name, pretrained=False, output_stride=output_stride, weights_file=None, **kwargs).state_dict()
+        features = _create(name, pretrained=False, output_stride=output_stride, source="no weights", **kwargs).state_dict()
     input_conv = _input_conv_weight(name)
     problems = {
         "missing": sorted(set(features) - set(file_state)),
@@ -232,7 +279,7 @@ def _check_weights_file(name: str, path: Path, *, output_stride: int, **kwargs) 
             for label, keys in problems.items()
             if keys
         )
-        raise ValueError(f"weights file {path} does not fit backbone {name!r}: {detail}; is it another architecture?")
+        raise ValueError(f"weights {source} do not fit backbone {name!r}: {detail}; is it another architecture?")
 
 
 def _input_conv_weight(name: str) -> str | None:

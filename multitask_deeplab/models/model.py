@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torch import nn
 
 from multitask_deeplab.models.backbone import TimmBackbone, checkpoint
 from multitask_deeplab.models.heads import HEADS, SharedTrunk
+from multitask_deeplab.models.pretrained import save_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +36,15 @@ class MultiTaskModel(nn.Module):
             run once on the feature list; its output is appended to the list as the last level.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
+        config: The resolved recipe the model was built from (a plain dict), which :meth:`save_pretrained` writes;
+            set by :func:`~multitask_deeplab.engine.build.build_model`.
+
+    Attributes:
+        loader: Loads a model for :meth:`from_pretrained`. Building a model from a recipe is the engine's job, a layer
+            above the models, so :mod:`multitask_deeplab.engine.restore` installs it (importing the package does).
     """
+
+    loader: ClassVar[Callable[..., MultiTaskModel] | None] = None
 
     def __init__(
         self,
@@ -44,8 +55,10 @@ class MultiTaskModel(nn.Module):
         trunk: nn.Module | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.config = None if config is None else dict(config)
         if not heads:
             raise ValueError("a MultiTaskModel needs at least one head")
         if not len(mean) == len(std) == backbone.in_chans:
@@ -109,6 +122,36 @@ class MultiTaskModel(nn.Module):
     def _decode(self, task: str, head: nn.Module, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         output = F.interpolate(self._run(head, features), size=size, mode="bilinear", align_corners=False)
         return self.activations[task](output) if task in self.activations else output
+
+    def save_pretrained(
+        self, folder: str | os.PathLike, *, metrics: Mapping[str, float] | None = None, delta_m: float | None = None, repo_id: str | None = None
+    ) -> Path:
+        """Writes the recipe, the weights (safetensors) and a model card into ``folder``, as the Hugging Face Hub keeps
+        models (see :mod:`multitask_deeplab.models.pretrained`); ``mtdl push`` uploads such a folder.
+
+        Args:
+            folder: Where to write (created).
+            metrics: Val metrics for the model card, e.g. a checkpoint's ``metrics``.
+            delta_m: Δm in percent against single-task baselines, for the card.
+            repo_id: The Hub repo the folder is meant for, shown in the card's loading code.
+        """
+        if self.config is None:
+            raise ValueError("save_pretrained needs the recipe the model was built from: build it with create_model or build_model")
+        return save_pretrained(self, folder, config=self.config, metrics=metrics, delta_m=delta_m, repo_id=repo_id)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu") -> MultiTaskModel:
+        """Loads a model saved by :meth:`save_pretrained`: from a folder, a Hugging Face Hub repo id (``org/name``,
+        from the local cache when it has it and always under ``HF_HUB_OFFLINE=1``) or a training checkpoint.
+
+        Args:
+            source: The folder, repo id (``org/name`` or ``org/name@revision``) or checkpoint file.
+            revision: The Hub branch, tag or commit (default: the main branch).
+            device: Where the model goes; it is returned in eval mode.
+        """
+        if cls.loader is None:
+            raise RuntimeError("import multitask_deeplab (it installs the loader) before calling from_pretrained")
+        return cls.loader(source, revision=revision, device=device)
 
     def predict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode forward under ``torch.inference_mode``; the training mode is restored afterwards."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from multitask_deeplab.models.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels
+from multitask_deeplab.models.heads.base import HEADS, ConvBNReLU, DenseHead, check_out_channels, check_upsampling, upsample
 
 TRUNKS = ("aspp", "conv", "light")
 
@@ -18,18 +18,16 @@ def default_rates(reduction: int) -> tuple[int, ...]:
 
 
 class ASPPConv(nn.Sequential):
-    """A 3x3 atrous branch; depthwise-separable (depthwise atrous + pointwise) when ``separable``."""
+    """A 3x3 atrous branch; depthwise-separable (depthwise atrous + pointwise) when ``separable``, with batch norm and
+    ReLU after the depthwise convolution too unless ``depthwise_norm`` is false (segmentation_models_pytorch has none)."""
 
-    def __init__(self, in_channels: int, out_channels: int, dilation: int, separable: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dilation: int, separable: bool = False, depthwise_norm: bool = True) -> None:
         if not separable:
             super().__init__(*ConvBNReLU(in_channels, out_channels, 3, dilation))
             return
-        super().__init__(
-            nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU(inplace=True),
-            *ConvBNReLU(in_channels, out_channels, 1),
-        )
+        depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False)
+        norm = [nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)] if depthwise_norm else []
+        super().__init__(depthwise, *norm, *ConvBNReLU(in_channels, out_channels, 1))
 
 
 class ASPPPooling(nn.Sequential):
@@ -51,16 +49,24 @@ class ASPP(nn.Module):
         rates: Atrous rates, any number of them.
         separable: Use depthwise-separable atrous convolutions.
         dropout: Dropout probability after the projection.
+        depthwise_norm: Batch norm and ReLU between the depthwise and the pointwise part of separable convolutions.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, rates: Sequence[int], *, separable: bool = False, dropout: float = 0.5
+        self,
+        in_channels: int,
+        out_channels: int,
+        rates: Sequence[int],
+        *,
+        separable: bool = False,
+        dropout: float = 0.5,
+        depthwise_norm: bool = True,
     ) -> None:
         super().__init__()
         if not rates or any(rate < 1 for rate in rates):
             raise ValueError(f"ASPP rates must be a non-empty list of positive integers, got {list(rates)}")
         branches = [ConvBNReLU(in_channels, out_channels, 1)]
-        branches += [ASPPConv(in_channels, out_channels, rate, separable) for rate in rates]
+        branches += [ASPPConv(in_channels, out_channels, rate, separable, depthwise_norm) for rate in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(*ConvBNReLU(len(branches) * out_channels, out_channels, 1), nn.Dropout(dropout))
@@ -78,11 +84,12 @@ def build_trunk(
     rates: Sequence[int] | None,
     separable: bool,
     dropout: float,
+    depthwise_norm: bool = True,
 ) -> nn.Sequential:
     """The layers a head runs before its classifier: ``"aspp"`` (ASPP + 3x3 conv), ``"conv"`` (two 3x3 convs) or
     ``"light"`` (one 3x3 conv: the per-task part of a head reading a :class:`SharedTrunk`)."""
     if kind == "aspp":
-        aspp = ASPP(in_channels, channels, rates or default_rates(reduction), separable=separable, dropout=dropout)
+        aspp = ASPP(in_channels, channels, rates or default_rates(reduction), separable=separable, dropout=dropout, depthwise_norm=depthwise_norm)
         return nn.Sequential(aspp, ConvBNReLU(channels, channels, 3))
     if kind == "conv":
         return nn.Sequential(ConvBNReLU(in_channels, channels, 3), ConvBNReLU(channels, channels, 3))
@@ -105,6 +112,11 @@ class DeepLabV3Head(DenseHead):
         separable: Depthwise-separable atrous convolutions (cheaper).
         dropout: Dropout after the ASPP projection.
         trunk: ``"aspp"``, the lighter ``"conv"``, or ``"light"`` on a shared trunk's output.
+        depthwise_norm: Batch norm and ReLU after the depthwise part of separable convolutions (false in
+            segmentation_models_pytorch).
+        upsampling: Upsample the output by this factor in the head, bilinearly with aligned corners, as
+            segmentation_models_pytorch's segmentation head does (the model then resizes it to the input size, which
+            changes nothing when the sizes already agree).
     """
 
     def __init__(
@@ -119,9 +131,12 @@ class DeepLabV3Head(DenseHead):
         separable: bool = False,
         dropout: float = 0.5,
         trunk: str = "aspp",
+        depthwise_norm: bool = True,
+        upsampling: int = 1,
     ) -> None:
         super().__init__(in_index=in_index, num_levels=len(in_channels))
         check_out_channels(out_channels)
+        self.upsampling = check_upsampling(upsampling)
         self.trunk = build_trunk(
             trunk,
             in_channels[in_index],
@@ -130,11 +145,12 @@ class DeepLabV3Head(DenseHead):
             rates=rates,
             separable=separable,
             dropout=dropout,
+            depthwise_norm=depthwise_norm,
         )
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.trunk(self.select(features)))
+        return upsample(self.classifier(self.trunk(self.select(features))), self.upsampling)
 
 
 class SharedTrunk(DenseHead):

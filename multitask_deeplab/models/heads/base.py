@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multitask_deeplab.registry import Registry
@@ -59,3 +60,15 @@ def check_out_channels(out_channels: int) -> None:
     """Raises when a head is asked for no output channel."""
     if out_channels < 1:
         raise ValueError(f"a head needs out_channels >= 1 (num_classes for segmentation), got {out_channels}")
+
+
+def check_upsampling(factor: int) -> int:
+    """Returns a head's ``upsampling`` factor, checked to be a positive integer."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"upsampling must be an integer >= 1 (1: none), got {factor!r}")
+    return factor
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``x`` upsampled ``factor`` times, bilinearly with aligned corners (segmentation_models_pytorch's way)."""
+    return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=True)
