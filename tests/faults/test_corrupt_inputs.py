@@ -72,11 +72,12 @@ READ_ERRORS = {
     "random bytes": "is not a readable checkpoint",
     "pickle payload": "refused to load",
     "safetensors": "is a safetensors weights file (as `mtdl export` writes), not a checkpoint",
-    "a folder": "is a folder, not a checkpoint file",
+    "a folder": "holds no recipe.yaml or model.safetensors: give a folder written by save_pretrained",
     "NaN statistics": "NaN or infinite values",
 }
 RESUME_ERRORS = {
     **READ_ERRORS,
+    "a folder": "is a folder, not a checkpoint file",
     "other recipe": "its model does not fit this recipe's",
     "no optimizer": "it lacks optimizer, scheduler, so it is not a training checkpoint",
     "no model": "it lacks model, so it is not a training checkpoint",
