@@ -72,7 +72,7 @@ READ_ERRORS = {
     "random bytes": "is not a readable checkpoint",
     "pickle payload": "refused to load",
     "safetensors": "is a safetensors weights file (as `mtdl export` writes), not a checkpoint",
-    "a folder": "holds no recipe.yaml or model.safetensors: give a folder written by save_pretrained",
+    "a folder": "holds no model.safetensors: give a folder written by save_pretrained",
     "NaN statistics": "NaN or infinite values",
 }
 RESUME_ERRORS = {
