@@ -30,7 +30,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # 32 samples of 32 x 32 at batch 4: 8 steps per epoch. Dropout and augmentation are on, so the random number
 # generators matter (resume tests); tests that compare arithmetic switch them off with NO_RANDOMNESS.
 TINY_RECIPE = """\
-model: {backbone: resnet18, output_stride: 32, pretrained: false}
+model: {backbone: test_resnet, output_stride: 32, pretrained: false}
 tasks:
   seg:
     kind: segmentation

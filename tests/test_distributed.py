@@ -117,8 +117,8 @@ def test_two_processes_on_half_batches_train_like_one_on_the_whole_batch(tmp_pat
     for key, value in a["model"].items():
         if key.endswith(("running_mean", "running_var")):  # batch statistics: summation order, relative tolerance
             torch.testing.assert_close(value, b["model"][key], rtol=1e-5, atol=1e-5, msg=key)
-        elif value.is_floating_point():
-            assert (value - b["model"][key]).abs().max() <= 1e-5, key
+        elif value.is_floating_point():  # rounding: 2e-5 at most; a per-half BatchNorm moves them by 0.08
+            assert (value - b["model"][key]).abs().max() <= 1e-4, key
         else:
             assert torch.equal(value, b["model"][key]), key
     # The logged losses are the global batch's (averaged over processes), written once, by rank 0 only.

@@ -141,7 +141,7 @@ def test_save_then_load_gives_the_same_model_and_a_model_card(trained, tmp_path,
     metadata, body = card.removeprefix("---\n").split("\n---\n", 1)
     assert "library_name: multitask_deeplab" in metadata and "- segmentation" in metadata and "- depth" in metadata
     assert "| seg | segmentation | deeplabv3plus (channels=8, low_level_channels=8, dropout=0.1) | cross_entropy | num_classes=5 |" in body
-    assert "timm `resnet18` at output stride 32" in body
+    assert "timm `test_resnet` at output stride 32" in body
     state = load(trained)
     assert f"| seg.miou | {state['metrics']['seg.miou']:.4f} |" in body and f"| depth.abs_rel | {state['metrics']['depth.abs_rel']:.4f} |" in body
     assert "Δm against single-task baselines: not measured" in body
