@@ -95,8 +95,10 @@ def test_auto_predictor_runs_bf16_autocast_on_a_native_cpu(trained, fp32, native
     low, full = auto(image), fp32(image)
     np.testing.assert_allclose(low["depth"], full["depth"], rtol=0.1)
     assert not np.array_equal(low["depth"], full["depth"]), "auto on a bf16 CPU should run under bf16 autocast"
+    assert Predictor.from_checkpoint(trained[0], "cpu").precision == "bf16", "auto is the default"
     native_bf16(False)
     assert Predictor.from_checkpoint(trained[0], "cpu", precision="auto").precision == "fp32"
+    assert Predictor.from_checkpoint(trained[0], "cpu").precision == "fp32"
     assert fp32.precision == "fp32" and Predictor(PixelModel(), KINDS, stride=16, device="cpu").precision == (
         resolve_precision(DEFAULT_PRECISION, CPU, "torch")
     )

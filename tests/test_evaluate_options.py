@@ -95,7 +95,7 @@ def test_scales_average_resized_predictions_with_depth_times_the_scale(run):
 
 def test_window_is_the_predictors_sliding_window(run):
     model, recipe, tasks, _ = model_from_checkpoint(run)
-    predictor = Predictor(model, tasks, stride=8, device="cpu", window=16, fold_bn=False, channels_last=True)
+    predictor = Predictor(model, tasks, stride=8, device="cpu", window=16, fold_bn=False, channels_last=True, precision="fp32")
     got = evaluated(run, "--window", "16")
     assert got == pytest.approx(by_hand(run, predictor.predict_batch), rel=1e-4, abs=1e-5, nan_ok=True)
     assert got["depth.abs_rel"] != pytest.approx(evaluated(run)["depth.abs_rel"], rel=1e-6)

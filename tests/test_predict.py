@@ -73,7 +73,7 @@ def trained(tmp_path_factory) -> tuple[Path, nn.Module]:
 
 @pytest.fixture(scope="module")
 def predictor(trained) -> Predictor:
-    return Predictor.from_checkpoint(trained[0], "cpu")
+    return Predictor.from_checkpoint(trained[0], "cpu", precision="fp32")  # the exact function: bf16 (the default on bf16 CPUs) has its own tests
 
 
 def reference(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -119,7 +119,7 @@ def test_predictions_equal_the_model_forward(trained, predictor):
 def test_inference_options_keep_the_function_and_leave_the_model_alone(trained, predictor):
     """BN folding and channels_last (on by default) change the arithmetic's rounding only."""
     path, model = trained
-    plain = Predictor.from_checkpoint(path, "cpu", fold_bn=False, channels_last=False)
+    plain = Predictor.from_checkpoint(path, "cpu", fold_bn=False, channels_last=False, precision="fp32")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in predictor.model.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in plain.model.modules())
     conv = next(m for m in predictor.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
@@ -150,8 +150,8 @@ def test_bf16_runs_when_asked_and_stays_close(trained, predictor):
 
 
 def test_compiled_predictor_equals_the_eager_one():
-    eager = Predictor(PixelModel(), KINDS, stride=16, device="cpu")
-    compiled = Predictor(eager.model, KINDS, stride=16, device="cpu", compile=True)
+    eager = Predictor(PixelModel(), KINDS, stride=16, device="cpu", precision="fp32")
+    compiled = Predictor(eager.model, KINDS, stride=16, device="cpu", compile=True, precision="fp32")
     assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
     image = torch.rand(3, 20, 30)
     a, b = eager(image, probabilities=True), compiled(image, probabilities=True)
@@ -203,8 +203,8 @@ def test_uint16_images_are_scaled():
 
 
 def test_flip_tta_on_a_flip_equivariant_model():
-    plain = Predictor(PixelModel(), KINDS, stride=16, device="cpu")
-    tta = Predictor(plain.model, KINDS, stride=16, device="cpu", tta_flip=True)
+    plain = Predictor(PixelModel(), KINDS, stride=16, device="cpu", precision="fp32")
+    tta = Predictor(plain.model, KINDS, stride=16, device="cpu", tta_flip=True, precision="fp32")
     image = torch.rand(3, 20, 30)
     a, b = plain(image, probabilities=True), tta(image, probabilities=True)
     for key in ("seg", "seg_probs", "depth"):
@@ -218,7 +218,7 @@ def test_flip_tta_on_a_flip_equivariant_model():
 def test_flip_tta_is_the_hand_computed_average(trained):
     path, model = trained
     image = torch.rand(1, 3, 48, 64)
-    exact = {"fold_bn": False, "channels_last": False}  # the model's own arithmetic, to compare at 1e-5
+    exact = {"fold_bn": False, "channels_last": False, "precision": "fp32"}  # the model's own arithmetic, to compare at 1e-5
     result = Predictor.from_checkpoint(path, "cpu", tta_flip=True, **exact)(image[0], probabilities=True)
     both = reference(model, torch.cat([image, image.flip(-1)]))  # one batch, as the predictor runs it
     plain, flipped = ({name: value[i : i + 1] for name, value in both.items()} for i in (0, 1))
@@ -239,8 +239,8 @@ def test_tile_starts_cover_the_image_with_a_third_of_overlap():
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_sliding_window_equals_whole_image_for_a_local_model(tta):
-    whole = Predictor(PixelModel(), KINDS, stride=16, device="cpu", tta_flip=tta)
-    tiled = Predictor(whole.model, KINDS, stride=16, device="cpu", tta_flip=tta, window=32)
+    whole = Predictor(PixelModel(), KINDS, stride=16, device="cpu", tta_flip=tta, precision="fp32")
+    tiled = Predictor(whole.model, KINDS, stride=16, device="cpu", tta_flip=tta, window=32, precision="fp32")
     image = torch.rand(3, 70, 90)
     a, b = whole(image, probabilities=True), tiled(image, probabilities=True)
     for key in a:
@@ -248,7 +248,7 @@ def test_sliding_window_equals_whole_image_for_a_local_model(tta):
 
 
 def test_sliding_window_on_the_real_model(trained):
-    result = Predictor.from_checkpoint(trained[0], "cpu", window=32)(torch.rand(3, 45, 77))
+    result = Predictor.from_checkpoint(trained[0], "cpu", window=32, precision="fp32")(torch.rand(3, 45, 77))
     assert result["seg"].shape == result["depth"].shape == (45, 77)
     assert (result["depth"] > 0).all()
     np.testing.assert_allclose(np.linalg.norm(result["normals"], axis=0), 1, atol=1e-5)
@@ -289,7 +289,7 @@ def test_cli_writes_every_picture_and_array(trained, predictor, tmp_path):
 
     sizes = write_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    assert run(str(trained[0]), str(tmp_path / "in"), "--out", str(out), "--save-npy", "--batch-size", "2") == 0
+    assert run(str(trained[0]), str(tmp_path / "in"), "--out", str(out), "--save-npy", "--batch-size", "2", "--precision", "fp32") == 0
     for stem, (height, width) in sizes.items():
         arrays = {name: np.load(out / f"{stem}_{name}.npy") for name in KINDS}
         assert arrays["seg"].shape == arrays["depth"].shape == (height, width) and arrays["normals"].shape == (3, height, width)

@@ -43,8 +43,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         default=None,
         metavar="auto|fp32|bf16|int8",
-        help="fp32 (the default, the Predictor's DEFAULT_PRECISION); bf16 autocast (fast where native: CPUs with AVX512-BF16 or AMX, GPUs from Ampere on); "
-        "int8 with --backend onnxruntime on the CPU (calibrated on the recipe's training images); auto: bf16 where native",
+        help="auto (the default, the Predictor's DEFAULT_PRECISION): bf16 where the device computes it natively, else fp32; fp32; "
+        "bf16 autocast (fast where native: CPUs with AVX512-BF16 or AMX, GPUs from Ampere on); int8 with --backend onnxruntime on the CPU "
+        "(calibrated on the recipe's training images)",
     )
     predict.add_argument(
         "--backend", default="torch", help="torch, or onnxruntime (the exported ONNX model; pip install -e \".[export]\")"
