@@ -37,8 +37,10 @@ def test_quick_benchmark_runs_every_section_and_writes_json_and_markdown(tmp_pat
     assert isinstance(results["precision"]["auto_may_be_default"], bool)
     assert results["inference"]["max_abs_difference"] <= 1e-4  # converted weights: the same function
     assert results["inference"]["batchnorm_layers"]["after folding"] == 0
-    for batch in ("1", "2"):
-        assert {"torchvision", "+ channels_last"} <= set(results["inference"]["batches"][batch])
+    fast = results["inference"]["fast"]  # the Predictor's defaults: + bf16 autocast where auto resolves to bf16
+    assert fast in {"+ channels_last", "+ bf16 autocast"}
+    assert {"torchvision", "eager", "+ fold BN", "+ channels_last", fast} <= set(results["inference"]["batches"]["1"])
+    assert {"torchvision", fast} <= set(results["inference"]["batches"]["2"])
     models = results["multitask"]["models"]
     assert {"two torchvision models", "shared trunk, light heads"} <= set(models)
     assert all(row["peak_mib"] > 0 and row["flops_per_image"] > 0 for row in models.values())
