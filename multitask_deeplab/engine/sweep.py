@@ -189,7 +189,7 @@ def format_sweep(rows: list[SweepRow], columns: Sequence[str], labels: Sequence[
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         delta = "n/a" if row["delta_m"] is None else f"{row['delta_m']:+.2f}"
-        cells = [*(str(row[label]) for label in labels), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3f}"]
+        cells = [*(str(row[label]) for label in labels), *(f"{row[c]:.4f}" for c in columns), delta, f"{row['seconds_per_step']:.3g}"]
         if reference:
             fixed = reference.get(tuple(row[k] for k in labels if k != "weighting"))
             cells.append("n/a" if fixed is None else f"{row['seconds_per_step'] / fixed:.2f}")
