@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_training import TINY_RECIPE, assert_trained, initial_parameters
+from helpers_training import TINY_RECIPE, assert_trained, initial_parameters, read_steps
 
 from multitask_deeplab.cli import main
 from multitask_deeplab.config import recipe as R
 from multitask_deeplab.engine.sweep import sweep_points
+from multitask_deeplab.engine.trainer import Trainer
 from multitask_deeplab.weighting import WEIGHTINGS
 
 FAST = ["train.steps=2", "train.device=cpu", "data.num_samples=8", "eval.batch_size=8"]
@@ -52,6 +55,10 @@ def test_baselines_then_sweep_reports_delta_m(recipe_file, tmp_path, capsys):
     assert (out / "baselines" / "seg" / "last.pt").is_file()
     seg_only = torch.load(out / "baselines" / "seg" / "last.pt", weights_only=True)
     assert not any(key.startswith("heads.depth.") for key in seg_only["model"])
+    finished = (out / "baselines" / "seg" / "last.pt").read_bytes()
+    assert main(["baselines", str(recipe_file), *FAST, f"train.output_dir={out}", "--no-progress", "--resume"]) == 0
+    assert (out / "baselines" / "seg" / "last.pt").read_bytes() == finished, "resumed, finished baselines are read back"
+    assert json.loads((out / "baselines" / "baselines.json").read_text()) == baselines
 
     capsys.readouterr()
     assert main(["sweep", str(recipe_file), *FAST, f"train.output_dir={out}", "--weightings", "fixed", "pcgrad", "--no-progress"]) == 0
@@ -150,3 +157,37 @@ def test_sweep_on_the_features_trains_the_representation_level_variants(recipe_f
     state = torch.load(out / "sweep" / "pcgrad@features" / "last.pt", weights_only=True)
     assert state["recipe"]["weighting"] == {"type": "pcgrad", "gradients": "features"}
     assert not (out / "sweep" / "sweep.json").exists(), "the default-level table is not overwritten"
+
+
+def test_an_interrupted_sweep_resumes_reading_finished_points_back(recipe_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["sweep", str(recipe_file), *FAST, "train.steps=4", f"train.output_dir={out}", "--weightings", "fixed", "pcgrad", "--no-progress"]
+    original, calls = Trainer.train_step, []
+
+    def interrupted(self, *batches):
+        calls.append(1)
+        if len(calls) == 6:  # pcgrad's second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *batches)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", interrupted)
+        assert main(args) == 128 + signal.SIGTERM
+    fixed, pcgrad = out / "sweep" / "fixed", out / "sweep" / "pcgrad"
+    finished = (fixed / "last.pt").read_bytes()
+    assert torch.load(pcgrad / "last.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    assert main([*args, "--resume", "train.lr=2e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume: {fixed} holds a run of another recipe (train.lr (0.001 -> 0.002))" in err
+    assert torch.load(pcgrad / "last.pt", weights_only=True)["step"] == 2, "nothing trains before the check"
+
+    assert main([*args, "--resume"]) == 0
+    assert (fixed / "last.pt").read_bytes() == finished, "a finished point is read back, not trained again"
+    assert [row["step"] for row in read_steps(fixed)] == [1, 2, 3, 4]
+    assert [row["step"] for row in read_steps(pcgrad)] == [1, 2, 3, 4], "the interrupted point continues at step 3"
+    rows = json.loads((out / "sweep" / "sweep.json").read_text())
+    state = torch.load(fixed / "last.pt", weights_only=True)
+    assert rows[0]["seg.miou"] == state["metrics"]["seg.miou"]
+    assert state["timing"]["steps"] == 4 and rows[0]["seconds_per_step"] == state["timing"]["seconds"] / 4 > 0
+    assert torch.load(pcgrad / "last.pt", weights_only=True)["timing"]["steps"] == 4, "step times span the resume"

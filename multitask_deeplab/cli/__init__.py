@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 def _baselines(args: argparse.Namespace) -> int:
     from multitask_deeplab.engine.sweep import train_baselines
 
-    train_baselines(_load_checked(args), overwrite=args.overwrite, show_progress=not args.no_progress)
+    train_baselines(_load_checked(args), overwrite=args.overwrite, resume=args.resume, show_progress=not args.no_progress)
     return 0
 
 
@@ -72,7 +72,7 @@ def _sweep(args: argparse.Namespace) -> int:
         if left:
             print(f"--gradients {args.gradients}: leaving out {', '.join(left)} (loss level, or no such variant)")
     points = sweep_points(recipe, strategies, grid=args.grid, gradients=args.gradients)
-    rows = sweep(recipe, points, overwrite=args.overwrite, show_progress=not args.no_progress)
+    rows = sweep(recipe, points, overwrite=args.overwrite, resume=args.resume, show_progress=not args.no_progress)
     columns = [f"{name}.{task.primary_metric}" for name, task in build_tasks(recipe).items()]
     labels = [key for key, _ in parse_grid(args.grid)] + (["weighting"] if strategies else [])
     table = format_sweep(rows, columns, labels)
@@ -243,7 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="recipe YAML file")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.backbone=resnet50")
     train.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
-    train.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH|auto", help="resume from a checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
@@ -305,7 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (train, baselines, sweep, evaluate, data):
         sub.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import a module that registers components")
     for sub in (train, baselines, sweep):
-        sub.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that already holds a run")
+        start = sub.add_mutually_exclusive_group()
+        start.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that already holds a run")
+        if sub is train:
+            start.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH|auto", help="resume from a checkpoint")
+        else:
+            start.add_argument(
+                "--resume", action="store_true", help="continue an interrupted call: finished trainings are read back, an unfinished one continues"
+            )
     return parser
 
 

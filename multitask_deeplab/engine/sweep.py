@@ -26,18 +26,23 @@ def single_task_recipe(recipe: Recipe, task: str, output_dir: Path) -> Recipe:
     return dataclasses.replace(recipe, tasks={task: recipe.tasks[task]}, train=train, weighting={"type": "fixed"})
 
 
-def train_baselines(recipe: Recipe, *, overwrite: bool = False, show_progress: bool = True) -> dict[str, dict[str, float]]:
+def train_baselines(
+    recipe: Recipe, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True
+) -> dict[str, dict[str, float]]:
     """Trains one single-task model per task and writes ``<output_dir>/baselines/baselines.json``; ``overwrite``
-    starts afresh over the runs of an earlier call (see :class:`Trainer`).
+    starts afresh over the runs of an earlier call, ``resume`` continues them (see :func:`check_resumable`).
 
     Returns:
         ``{task: {metric: value}}``: each model's val metrics at the end of its training.
     """
     folder = Path(recipe.train.output_dir) / "baselines"
+    recipes = {task: single_task_recipe(recipe, task, folder / task) for task in recipe.tasks}
+    if resume:
+        check_resumable(list(recipes.values()))
     baselines = {}
-    for task in recipe.tasks:
+    for task, single in recipes.items():
         print(f"single-task baseline: {task}")
-        metrics = Trainer(single_task_recipe(recipe, task, folder / task), overwrite=overwrite, show_progress=show_progress).fit()
+        metrics = Trainer(single, resume="auto" if resume else None, overwrite=overwrite, show_progress=show_progress).fit()
         baselines[task] = {key.removeprefix(f"{task}."): value for key, value in metrics.items()}
     write_baselines(folder / "baselines.json", baselines, split="val")
     print(f"wrote {folder / 'baselines.json'}")
@@ -157,22 +162,46 @@ def level_variants(strategies: Sequence[str], gradients: str) -> tuple[list[str]
     return kept, left
 
 
-def sweep(recipe: Recipe, points: Sequence[SweepPoint], *, overwrite: bool = False, show_progress: bool = True) -> list[SweepRow]:
-    """Trains every point (see :func:`sweep_points`); ``overwrite`` starts afresh over the runs of an earlier sweep
-    (see :class:`Trainer`).
+def sweep(
+    recipe: Recipe, points: Sequence[SweepPoint], *, overwrite: bool = False, resume: bool = False, show_progress: bool = True
+) -> list[SweepRow]:
+    """Trains every point (see :func:`sweep_points`); ``overwrite`` starts afresh over the runs of an earlier sweep,
+    ``resume`` continues an interrupted one (see :func:`check_resumable`).
 
     Returns:
         One row per point: its labels, its val metrics, Δm against ``recipe``'s baselines (None without them) and the
         mean training-step time in seconds.
     """
+    if resume:
+        check_resumable([point.recipe for point in points])
     rows = []
     for point in points:
         print(f"sweep point: {' '.join(f'{key}={value}' for key, value in point.labels.items())}")
-        trainer = Trainer(point.recipe, overwrite=overwrite, show_progress=show_progress)
+        trainer = Trainer(point.recipe, resume="auto" if resume else None, overwrite=overwrite, show_progress=show_progress)
         metrics = trainer.fit()
         delta = recipe_delta_m(recipe, trainer.tasks, metrics)
         rows.append({**point.labels, **metrics, "delta_m": delta, "seconds_per_step": trainer.seconds_per_step})
     return rows
+
+
+def check_resumable(recipes: Sequence[Recipe]) -> None:
+    """Checks, before a resumed sweep or baselines call trains anything, that every folder already holding a run
+    holds one of the same recipe. Resumed, a finished training is read back from its ``last.pt`` (metrics and step
+    time) without a step, an interrupted one continues from it, one not begun trains from scratch.
+
+    Raises:
+        ValueError: a folder whose ``recipe.yaml`` differs from its point's recipe (naming the keys).
+    """
+    for recipe in recipes:
+        saved = Path(recipe.train.output_dir) / "recipe.yaml"
+        if not saved.is_file():
+            continue
+        new = recipe_module.to_dict(recipe)
+        if changed := recipe_module.differences(recipe_module.to_dict(recipe_module.load(saved)), new, new):
+            raise ValueError(
+                f"--resume: {saved.parent} holds a run of another recipe ({', '.join(changed[:4])}); give the values "
+                "it was trained with, or --overwrite to train it afresh"
+            )
 
 
 def format_sweep(rows: list[SweepRow], columns: Sequence[str], labels: Sequence[str] = ("weighting",)) -> str:

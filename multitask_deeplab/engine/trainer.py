@@ -360,7 +360,7 @@ class Trainer:
 
     @property
     def seconds_per_step(self) -> float:
-        """Mean wall time of the training steps this process ran (data loading excluded)."""
+        """Mean wall time of the run's training steps, those before a resume included (data loading excluded)."""
         return self.train_seconds / max(1, self.timed_steps)
 
     def _run_epoch(self, bar: tqdm) -> None:
@@ -564,6 +564,7 @@ class Trainer:
             "metrics": self.last_metrics,
             "skipped_steps": self.skipped_total,
             "skipped_samples": self.skipped_samples,
+            "timing": {"seconds": self.train_seconds, "steps": self.timed_steps},
             "recipe": recipe_module.to_dict(self.recipe),
             "rng": capture_rng(),
         }
@@ -636,6 +637,8 @@ class Trainer:
         self.last_metrics = state["metrics"]
         self.skipped_total = state["skipped_steps"]
         self.skipped_samples = state.get("skipped_samples", 0)
+        timing = state.get("timing", {"seconds": 0.0, "steps": 0})  # checkpoints of 0.1 have none
+        self.train_seconds, self.timed_steps = timing["seconds"], timing["steps"]
         restore_rng(state["rng"])
         notes = self._load_ema(state)
         if self.early_stop is not None and "early_stop" in state:
