@@ -196,8 +196,8 @@ def check_resumable(recipes: Sequence[Recipe]) -> None:
         saved = Path(recipe.train.output_dir) / "recipe.yaml"
         if not saved.is_file():
             continue
-        new = recipe_module.to_dict(recipe)
-        if changed := recipe_module.differences(recipe_module.to_dict(recipe_module.load(saved)), new, new):
+        old, new = recipe_module.to_dict(recipe_module.load(saved)), recipe_module.to_dict(recipe)
+        if changed := recipe_module.differences(old, new, sections={*old, *new}):
             raise ValueError(
                 f"--resume: {saved.parent} holds a run of another recipe ({', '.join(changed[:4])}); give the values "
                 "it was trained with, or --overwrite to train it afresh"
