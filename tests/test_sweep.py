@@ -159,6 +159,15 @@ def test_sweep_on_the_features_trains_the_representation_level_variants(recipe_f
     assert not (out / "sweep" / "sweep.json").exists(), "the default-level table is not overwritten"
 
 
+def test_a_strategy_at_its_default_level_is_its_default_point_in_both_sweeps(recipe_file, tmp_path):
+    recipe = R.load(recipe_file, [f"train.output_dir={tmp_path / 'run'}"])
+    for gradients, expected in [("features", ["graddrop", "mgda", "pcgrad@features"]), ("params", ["graddrop@params", "mgda@params", "pcgrad"])]:
+        points = sweep_points(recipe, ["graddrop", "mgda", "pcgrad"], gradients=gradients)
+        assert [point.labels["weighting"] for point in points] == expected
+        assert [Path(point.recipe.train.output_dir).name for point in points] == expected
+    assert sweep_points(recipe, ["mgda"], gradients="params")[0].recipe.weighting == {"type": "mgda", "gradients": "params"}
+
+
 def test_an_interrupted_sweep_resumes_reading_finished_points_back(recipe_file, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     args = ["sweep", str(recipe_file), *FAST, "train.steps=4", f"train.output_dir={out}", "--weightings", "fixed", "pcgrad", "--no-progress"]

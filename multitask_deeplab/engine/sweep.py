@@ -4,6 +4,7 @@ recipe, one table."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import json
 import re
@@ -104,7 +105,8 @@ def sweep_points(
 ) -> list[SweepPoint]:
     """Every combination of the grid's values (the first axis varying slowest), each under every weighting strategy
     when ``strategies`` are given (``weighting`` replaced by ``{type: strategy}``: default arguments; with
-    ``gradients``, every gradient-level strategy at that level, labelled ``name@level``, see :func:`sweep_entry`).
+    ``gradients``, every gradient-level strategy at that level, labelled ``name@level`` unless it is its default
+    level, see :func:`sweep_entry`).
 
     Each point's recipe is built and checked here, so a bad value fails before anything trains; it writes into
     ``<output_dir>/sweep/<point>``, the point named by its values (``train.lr=1e-3_pcgrad``).
@@ -145,10 +147,20 @@ def point_name(labels: dict[str, str]) -> str:
 
 
 def sweep_entry(strategy: str, gradients: str | None) -> tuple[dict[str, str], str]:
-    """The weighting config and the row name of one sweep entry."""
-    if gradients is None or WEIGHTINGS.get(strategy).level != "gradient":
+    """The weighting config and the row name of one sweep entry: a strategy whose default level is ``gradients``
+    is its default entry (the same training, so one folder serves both sweeps)."""
+    cls = WEIGHTINGS.get(strategy)
+    if gradients is None or cls.level != "gradient" or default_level(cls) == gradients:
         return {"type": strategy}, strategy
     return {"type": strategy, "gradients": gradients}, f"{strategy}@{gradients}"
+
+
+def default_level(cls: type) -> str:
+    """The ``gradients`` default of a gradient-level strategy's constructor (its own or the nearest base's)."""
+    for klass in cls.__mro__:
+        if parameter := inspect.signature(klass.__init__).parameters.get("gradients"):
+            return parameter.default
+    raise TypeError(f"{cls.__name__} takes no gradients argument")
 
 
 def level_variants(strategies: Sequence[str], gradients: str) -> tuple[list[str], list[str]]:
