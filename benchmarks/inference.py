@@ -227,11 +227,13 @@ def _count(model: nn.Module, kind: type) -> int:
 # ----------------------------------------------------------------------------------- section 2: seg + depth
 
 
-def _inference_peak(variant: str, options: dict[str, bool], batch: int, size: int, device_type: str, threads: int) -> dict:
+def _inference_peak(
+    variant: str, backbone: str, options: dict[str, bool], batch: int, size: int, device_type: str, threads: int
+) -> dict:
     """Runs in a fresh process: builds one configuration and runs two forward passes (see ``in_fresh_process``)."""
     torch.set_num_threads(threads)
     device = torch.device(device_type)
-    model = two_torchvision_models() if variant == "two torchvision models" else multitask_model(variant)
+    model = two_torchvision_models() if variant == "two torchvision models" else multitask_model(variant, backbone)
     model = prepare(model.to(device), options, inplace=True)
     run = forward_call(model, _image(batch, size, device), options)
     for _ in range(2):
@@ -245,7 +247,7 @@ def run_multitask(settings: Settings, matmul: Mapping[str, float]) -> dict[str, 
     fast = inference_options(settings)[fast_option(settings)]
     torch.manual_seed(0)
     baseline = two_torchvision_models().to(device).eval()
-    variants = {name: multitask_model(name).to(device).eval() for name in DEPTH_HEADS}
+    variants = {name: multitask_model(name, settings.encoder).to(device).eval() for name in DEPTH_HEADS}
     flops = {"two torchvision models": count_flops(forward_call(baseline, _image(1, settings.size, device), {}))}
     flops.update({name: count_flops(forward_call(m, _image(1, settings.size, device), {})) for name, m in variants.items()})
     image = _image(batch, settings.size, device)
@@ -256,7 +258,7 @@ def run_multitask(settings: Settings, matmul: Mapping[str, float]) -> dict[str, 
     rows: dict[str, Any] = {}
     for name, timing in timings.items():
         options = {} if name == "two torchvision models" else fast
-        args = (_inference_peak, name, options, batch, settings.size, device.type, settings.threads)
+        args = (_inference_peak, name, settings.encoder, options, batch, settings.size, device.type, settings.threads)
         peaks = [in_fresh_process(*args, device=device)["peak_bytes"] / MiB for _ in range(settings.memory_repeats)]
         rows[name] = {**timing, "flops_per_image": flops[name], "peak_mib": statistics.median(peaks), "peaks_mib": peaks}
     base = rows["two torchvision models"]

@@ -32,7 +32,8 @@ class Settings:
         device: Where models run (``cpu`` or ``cuda``).
         threads: CPU threads for torch (intra-op), the same in every measurement.
         size: Inference image side (square images).
-        encoder: The ResNet of the comparison with the peers (torchvision's peers exist for ResNet-50 only).
+        encoder: The ResNet of the comparison with the peers and of section 2's seg + depth models (torchvision's
+            peers and its two-model baseline exist for ResNet-50 only).
         batches: Inference batch sizes of the seg-only comparison.
         multitask_batch: Batch size of the seg + depth comparison.
         warmup: Untimed rounds before timing inference.

@@ -55,7 +55,7 @@ def test_summary_is_bounded_with_legend_and_scale_bars_and_depth_max_fixes_the_c
     inputs = tmp_path / "in"
     inputs.mkdir()
     for index in range(SUMMARY_IMAGES + 1):
-        Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(inputs / f"big{index}.png")
+        Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(inputs / f"big{index}.png")
     out = tmp_path / "out"
     assert main(["predict", str(checkpoint), str(inputs), "--out", str(out), "--depth-max", "4", "--save-npy", "--no-progress"]) == 0
     summary = np.asarray(Image.open(out / "summary.png").convert("RGB"))
@@ -69,6 +69,6 @@ def test_summary_is_bounded_with_legend_and_scale_bars_and_depth_max_fixes_the_c
 
     depth = np.load(out / "big0_depth.npy")
     colour = np.asarray(Image.open(out / "big0_depth_color.png").convert("RGB"))
-    assert colour.shape[:2] == (1200, 1600), "the prediction pictures keep the input's size"
+    assert colour.shape[:2] == (600, 800), "the prediction pictures keep the input's size"
     np.testing.assert_array_equal(colour, visualize.colorize_depth(depth, vmax=4.0))
     assert main(["predict", str(checkpoint), str(inputs), "--out", str(out), "--depth-max", "0", "--no-progress"]) == 2
